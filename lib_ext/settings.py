@@ -1,0 +1,165 @@
+"""Every Uncond Lab setting in one place: defaults, validation, the API dict, the UI's positional args, infotext.
+
+The order of `FIELDS` is the ABI of the AlwaysOn script: the WebUI hands a script its UI values positionally,
+so new settings are only ever appended.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+
+class SettingsError(ValueError):
+    """A setting is unknown or out of range; the message names it and says what is allowed."""
+
+
+# --- coercion: API values arrive raw (ints for floats, strings from infotext), so each kind parses leniently
+# --- but rejects anything ambiguous (NaN, bools posing as numbers, unknown choices).
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    raise SettingsError(f"Uncond Lab: '{name}' must be true or false, got {value!r}")
+
+
+def _as_float(name: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or value is None:
+        raise SettingsError(f"Uncond Lab: '{name}' must be a number in [{low:g}, {high:g}], got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"Uncond Lab: '{name}' must be a number in [{low:g}, {high:g}], got {value!r}") from None
+    if math.isnan(number) or not low <= number <= high:
+        raise SettingsError(f"Uncond Lab: '{name}' must be a number in [{low:g}, {high:g}], got {value!r}")
+    return number
+
+
+def _as_choice(name: str, value: Any, choices: Mapping[str, str]) -> str:
+    """`choices` maps every accepted spelling (lower-case key or UI label) to the canonical value."""
+    if isinstance(value, str):
+        canonical = choices.get(value.strip().lower())
+        if canonical is not None:
+            return canonical
+    allowed = ", ".join(sorted(set(choices.values())))
+    raise SettingsError(f"Uncond Lab: '{name}' must be one of {allowed}, got {value!r}")
+
+
+def _setting(default: Any, label: str, parse: Callable[[str, Any], Any], infotext: bool = True):
+    """A dataclass field that also carries its UI label (= infotext key) and its parser."""
+    return dataclasses.field(default=default, metadata={"label": label, "parse": parse, "infotext": infotext})
+
+
+def _fraction(name: str, value: Any) -> float:
+    return _as_float(name, value, 0.0, 1.0)
+
+
+HIRES_MODES = {"same": "Same as first pass", "own": "Own settings", "off": "Untouched"}
+_HIRES_SPELLINGS = {**{k: k for k in HIRES_MODES}, **{label.lower(): k for k, label in HIRES_MODES.items()}}
+
+
+def _hires_mode(name: str, value: Any) -> str:
+    return _as_choice(name, value, _HIRES_SPELLINGS)
+
+
+@dataclass(frozen=True)
+class UncondSchedule:
+    """Zero weight `w` inside the window [start, end] (fractions of the denoising, ComfyUI semantics), 0 outside."""
+    zero_weight: float = 0.0
+    start: float = 0.0
+    end: float = 1.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    enabled: bool = _setting(False, "Enable Uncond Lab", _as_bool, infotext=False)
+    zero_weight: float = _setting(0.0, "Uncond zero weight", _fraction)
+    start: float = _setting(0.0, "Uncond start", _fraction)
+    end: float = _setting(1.0, "Uncond end", _fraction)
+    hr_mode: str = _setting("same", "Uncond hires", _hires_mode)
+    hr_zero_weight: float = _setting(0.0, "Uncond hires zero weight", _fraction)
+    hr_start: float = _setting(0.0, "Uncond hires start", _fraction)
+    hr_end: float = _setting(1.0, "Uncond hires end", _fraction)
+
+    def __post_init__(self):
+        for prefix in ("", "hr_"):
+            start, end = getattr(self, prefix + "start"), getattr(self, prefix + "end")
+            if start > end:
+                raise SettingsError(f"Uncond Lab: '{prefix}start' ({start:g}) must not be after '{prefix}end' ({end:g})")
+
+    # --- construction ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "Settings":
+        """The API form: named settings, defaults for missing keys, an error for unknown keys or bad values."""
+        if not isinstance(values, Mapping):
+            raise SettingsError(f"Uncond Lab: settings must be a JSON object, got {type(values).__name__}")
+        unknown = [key for key in values if key not in FIELD_BY_NAME]
+        if unknown:
+            raise SettingsError(f"Uncond Lab: unknown setting(s) {', '.join(map(repr, unknown))}; "
+                                f"known: {', '.join(FIELD_BY_NAME)}")
+        parsed = {key: FIELD_BY_NAME[key].metadata["parse"](key, value) for key, value in values.items()}
+        return cls(**parsed)
+
+    @classmethod
+    def from_script_args(cls, args: Iterable[Any]) -> "Settings":
+        """The script's slice of `p.script_args`: either the UI's positional values or one API dict first."""
+        args = list(args)
+        if args and isinstance(args[0], Mapping):
+            return cls.from_dict(args[0])
+        return cls.from_dict(dict(zip((f.name for f in FIELDS), args)))
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
+        """Settings with some values replaced (X/Y/Z axes), validated like an API dict."""
+        return Settings.from_dict({**self.as_dict(), **overrides})
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # --- meaning --------------------------------------------------------------------------------------
+
+    def schedule(self, hires: bool) -> UncondSchedule | None:
+        """The uncond schedule for a pass, or None where the WebUI's own uncond is left untouched."""
+        if not self.enabled:
+            return None
+        if not hires or self.hr_mode == "same":
+            return UncondSchedule(self.zero_weight, self.start, self.end)
+        if self.hr_mode == "own":
+            return UncondSchedule(self.hr_zero_weight, self.hr_start, self.hr_end)
+        return None
+
+    # --- infotext -------------------------------------------------------------------------------------
+
+    def infotext(self, has_hires: bool = False) -> dict[str, Any]:
+        """Infotext entries; empty when disabled. Hires keys are written only when a hires pass ran."""
+        if not self.enabled:
+            return {}
+        names = ["zero_weight", "start", "end"]
+        if has_hires:
+            names.append("hr_mode")
+            if self.hr_mode == "own":
+                names += ["hr_zero_weight", "hr_start", "hr_end"]
+        return {FIELD_BY_NAME[n].metadata["label"]: getattr(self, n) for n in names}
+
+    @staticmethod
+    def infotext_to_ui(params: Mapping[str, Any]) -> dict[str, Any]:
+        """Pasted infotext → {setting name: UI value} for the keys present; enables the script if any is."""
+        found = {}
+        for field in FIELDS:
+            label, parse = field.metadata["label"], field.metadata["parse"]
+            if field.metadata["infotext"] and label in params:
+                value = parse(field.name, params[label])
+                found[field.name] = HIRES_MODES[value] if field.name == "hr_mode" else value
+        if found:
+            found["enabled"] = True
+        return found
+
+
+# The order of the dataclass fields is the order of the UI's controls (see the module docstring).
+FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(Settings)
+FIELD_BY_NAME = {f.name: f for f in FIELDS}
