@@ -148,13 +148,20 @@ class Settings:
 
     @staticmethod
     def infotext_to_ui(params: Mapping[str, Any]) -> dict[str, Any]:
-        """Pasted infotext → {setting name: UI value} for the keys present; enables the script if any is."""
+        """Pasted infotext → {setting name: UI value} for the keys present and valid; enabled if any is.
+
+        Lenient on purpose: a hand-edited or foreign infotext must not break pasting, so a bad value is skipped.
+        """
         found = {}
         for field in FIELDS:
             label, parse = field.metadata["label"], field.metadata["parse"]
-            if field.metadata["infotext"] and label in params:
+            if not field.metadata["infotext"] or label not in params:
+                continue
+            try:
                 value = parse(field.name, params[label])
-                found[field.name] = HIRES_MODES[value] if field.name == "hr_mode" else value
+            except SettingsError:
+                continue
+            found[field.name] = HIRES_MODES[value] if field.name == "hr_mode" else value
         if found:
             found["enabled"] = True
         return found

@@ -98,6 +98,8 @@ def restore_text_uncond(uncond: Cond, null_uncond: Cond | None, pooled_width: in
     """
     if null_uncond is None or not isinstance(uncond, MutableMapping):
         return uncond
+    if null_uncond["crossattn"].shape[-1] != uncond["crossattn"].shape[-1]:
+        return uncond  # another model's conds (the SDXL refiner switched in): te("") of the base doesn't fit
     rows = webui_zeroed_rows(uncond, pooled_width)
     if not rows.any():
         return uncond
@@ -163,15 +165,18 @@ class UncondRun:
         if null_uncond is not None:
             self.text_encoder_calls += 1
 
-    def begin_pass(self, hires: bool, percent_to_sigma: PercentToSigma) -> None:
+    def begin_pass(self, hires: bool) -> None:
+        """A sampler run starts; its window is resolved at its first denoiser call, once every script has
+        patched the model's schedule (reForge rebuilds it per run, other scripts may patch it after us)."""
         self.schedule = self.schedule_for_pass(hires)
-        self.window = None if self.schedule is None else SigmaWindow.from_percents(
-            self.schedule.start, self.schedule.end, percent_to_sigma)
+        self.window = None
 
-    def uncond_for_call(self, uncond: Cond, sigma: float) -> Cond:
+    def uncond_for_call(self, uncond: Cond, sigma: float, percent_to_sigma: PercentToSigma) -> Cond:
         self.denoiser_calls += 1
-        if self.schedule is None or self.window is None:
+        if self.schedule is None:
             return uncond
+        if self.window is None:
+            self.window = SigmaWindow.from_percents(self.schedule.start, self.schedule.end, percent_to_sigma)
         weight = zero_weight_at(self.schedule, self.window, sigma)
         if weight:
             self.blended_calls += 1

@@ -1,0 +1,35 @@
+"""Uncond Lab's AlwaysOn script: reads the UI/API args and hands every hook to lib_ext."""
+from modules import script_callbacks, scripts
+
+from lib_ext.hosts import common, ui
+
+
+class UncondLabScript(scripts.Script):
+    def title(self):
+        return "Uncond Lab"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        accordion = ui.UncondAccordion(self.elem_id)
+        controls = accordion.build()
+        self.infotext_fields = accordion.infotext_fields()
+        self.paste_field_names = accordion.paste_field_names()
+        return controls
+
+    def process(self, p, *args):
+        common.start_run(p, common.settings_for(p, args))
+
+    def process_batch(self, p, *args, **kwargs):
+        common.begin_batch(p)
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        common.begin_pass(p)
+
+    def postprocess(self, p, processed, *args):
+        common.end_run(p)
+
+
+script_callbacks.on_cfg_denoiser(common.on_cfg_denoiser, name="uncond_lab")
+script_callbacks.on_before_ui(lambda: common.register_xyz_axes(common.uncond_axes), name="uncond_lab_xyz")

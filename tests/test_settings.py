@@ -1,0 +1,103 @@
+import math
+
+import pytest
+
+from lib_ext.settings import FIELDS, HIRES_MODES, Settings, SettingsError, UncondSchedule
+
+
+def test_defaults_fill_missing_keys():
+    s = Settings.from_dict({"enabled": True, "zero_weight": 1})
+    assert s == Settings(enabled=True, zero_weight=1.0, start=0.0, end=1.0)
+    assert isinstance(s.zero_weight, float)
+
+
+def test_positional_args_follow_field_order():
+    names = [f.name for f in FIELDS]
+    assert names[:4] == ["enabled", "zero_weight", "start", "end"]
+    s = Settings.from_script_args([True, 0.5, 0.1, 0.9, "Own settings", 1, 0, 0.5])
+    assert (s.zero_weight, s.start, s.end, s.hr_mode, s.hr_zero_weight, s.hr_end) == (0.5, 0.1, 0.9, "own", 1.0, 0.5)
+
+
+def test_api_dict_in_first_slot_wins_over_trailing_ui_defaults():
+    # The WebUI's API fills the rest of the script's slice with UI defaults; the dict is what the caller meant.
+    s = Settings.from_script_args([{"enabled": True, "end": 0.3}, 0.9, 0.9, 0.9])
+    assert (s.enabled, s.zero_weight, s.end) == (True, 0.0, 0.3)
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    ({"zero_weight": 2}, "'zero_weight' must be a number in [0, 1]"),
+    ({"zero_weight": -0.01}, "'zero_weight'"),
+    ({"zero_weight": float("nan")}, "got nan"),
+    ({"zero_weight": float("inf")}, "'zero_weight'"),
+    ({"zero_weight": True}, "got True"),           # bools are ints in Python; not a weight
+    ({"zero_weight": None}, "got None"),
+    ({"zero_weight": [0.5]}, "got [0.5]"),
+    ({"zero_weight": "half"}, "got 'half'"),
+    ({"enabled": "maybe"}, "'enabled' must be true or false"),
+    ({"enabled": 2}, "'enabled'"),
+    ({"hr_mode": "sometimes"}, "'hr_mode' must be one of off, own, same"),
+    ({"hr_mode": 1}, "'hr_mode'"),
+    ({"start": 0.6, "end": 0.2}, "'start' (0.6) must not be after 'end' (0.2)"),
+    ({"hr_start": 0.6, "hr_end": 0.2}, "'hr_start'"),
+    ({"zero_wieght": 1}, "unknown setting(s) 'zero_wieght'"),
+])
+def test_bad_values_are_refused_with_a_message_naming_them(bad, fragment):
+    with pytest.raises(SettingsError) as error:
+        Settings.from_dict(bad)
+    assert fragment in str(error.value)
+
+
+def test_non_mapping_api_value_is_refused():
+    with pytest.raises(SettingsError, match="JSON object"):
+        Settings.from_dict(["enabled"])
+
+
+def test_lenient_spellings():
+    s = Settings.from_dict({"enabled": "true", "zero_weight": "0.25", "hr_mode": "Own settings"})
+    assert (s.enabled, s.zero_weight, s.hr_mode) == (True, 0.25, "own")
+    assert Settings.from_dict({"hr_mode": " SAME "}).hr_mode == "same"
+
+
+def test_overrides_are_validated():
+    s = Settings(enabled=True)
+    assert s.with_overrides({"zero_weight": 0.7}).zero_weight == 0.7
+    with pytest.raises(SettingsError):
+        s.with_overrides({"zero_weight": 7})
+
+
+def test_schedule_per_pass():
+    s = Settings(enabled=True, zero_weight=1.0, start=0.0, end=0.3, hr_mode="own", hr_zero_weight=0.5)
+    assert s.schedule(hires=False) == UncondSchedule(1.0, 0.0, 0.3)
+    assert s.schedule(hires=True) == UncondSchedule(0.5, 0.0, 1.0)
+    assert Settings(enabled=True, zero_weight=1.0, hr_mode="same").schedule(True) == UncondSchedule(1.0, 0.0, 1.0)
+    assert Settings(enabled=True, hr_mode="off").schedule(True) is None
+    assert Settings(enabled=False).schedule(False) is None
+
+
+def test_infotext_only_when_enabled_and_round_trips():
+    assert Settings(enabled=False, zero_weight=1).infotext() == {}
+    s = Settings(enabled=True, zero_weight=0.5, start=0.1, end=0.8, hr_mode="own", hr_zero_weight=1.0)
+    text = s.infotext(has_hires=True)
+    assert text["Uncond zero weight"] == 0.5 and text["Uncond hires"] == "own"
+    # Infotext values come back as strings after a PNG round trip.
+    ui = Settings.infotext_to_ui({k: str(v) for k, v in text.items()})
+    assert ui["enabled"] is True and ui["hr_mode"] == HIRES_MODES["own"]
+    assert Settings.from_dict(ui).as_dict() == s.as_dict()
+
+
+def test_hires_keys_only_when_a_hires_pass_ran():
+    text = Settings(enabled=True, hr_mode="own").infotext(has_hires=False)
+    assert not any(key.startswith("Uncond hires") for key in text)
+    assert "Uncond hires zero weight" not in Settings(enabled=True, hr_mode="same").infotext(has_hires=True)
+
+
+def test_paste_skips_hostile_values_instead_of_failing():
+    ui = Settings.infotext_to_ui({"Uncond zero weight": "1e309", "Uncond start": "0.2", "Uncond hires": "<script>"})
+    assert ui == {"start": 0.2, "enabled": True}
+    assert Settings.infotext_to_ui({"Steps": "20"}) == {}
+
+
+def test_frozen():
+    with pytest.raises(Exception):
+        Settings().zero_weight = 1  # type: ignore[misc]
+    assert math.isclose(Settings().end, 1.0)
