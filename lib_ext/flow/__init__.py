@@ -7,8 +7,18 @@ k-diffusion flow denoiser, flow noising), `ancestral` (Euler a for flow), `polic
 from lib_ext.flow.ancestral import RfAncestralStep, rf_ancestral_step, sample_euler_ancestral_rf
 from lib_ext.flow.denoiser import (DEFAULT_MULTIPLIER, FlowDenoiser, denoised_from_velocity, flow_noise,
                                    flow_noise_as_ve_noise, velocity_from_denoised)
+from lib_ext.flow.metadata import declared_prediction, declares_flow
 from lib_ext.flow.policy import (FLOW_MODEL_SAMPLING, KNOWN_SAMPLERS, NO_CHURN, REFUSE, RF_EULER_ANCESTRAL, RUN,
                                  SUBSTITUTE, RfSamplerError, SamplerVerdict, require_rf_sampler, rf_refusal_message,
                                  rf_sampler_policy, rf_setting_conflicts, rf_working_samplers)
 from lib_ext.flow.schedule import (DEFAULT_TIMESTEPS, check_flow_sigmas, flow_percent_to_sigma, flow_schedule,
                                    flow_scheduler, flow_sigmas, time_shift)
+
+__all__ = [
+    "time_shift", "flow_sigmas", "flow_percent_to_sigma", "flow_schedule", "flow_scheduler", "check_flow_sigmas",
+    "DEFAULT_TIMESTEPS", "FlowDenoiser", "DEFAULT_MULTIPLIER", "denoised_from_velocity", "velocity_from_denoised",
+    "flow_noise", "flow_noise_as_ve_noise", "sample_euler_ancestral_rf", "rf_ancestral_step", "RfAncestralStep",
+    "rf_sampler_policy", "require_rf_sampler", "rf_refusal_message", "rf_working_samplers", "rf_setting_conflicts",
+    "RfSamplerError", "SamplerVerdict", "KNOWN_SAMPLERS", "RUN", "SUBSTITUTE", "REFUSE", "NO_CHURN",
+    "FLOW_MODEL_SAMPLING", "RF_EULER_ANCESTRAL", "declared_prediction", "declares_flow",
+]
