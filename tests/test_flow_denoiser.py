@@ -2,8 +2,14 @@
 import pytest
 import torch
 
-from lib_ext.flow import (FlowDenoiser, denoised_from_velocity, flow_noise, flow_noise_as_ve_noise, flow_schedule,
-                          velocity_from_denoised)
+from lib_ext.flow import (
+    FlowDenoiser,
+    denoised_from_velocity,
+    flow_noise,
+    flow_noise_as_ve_noise,
+    flow_schedule,
+    velocity_from_denoised,
+)
 
 
 class RecordingModel:

@@ -5,9 +5,23 @@ test_flow_sampling.py; the ancestral step's algebra is checked here.
 """
 import pytest
 
-from lib_ext.flow import (FLOW_MODEL_SAMPLING, KNOWN_SAMPLERS, NO_CHURN, REFUSE, RF_EULER_ANCESTRAL, RUN,
-                          SUBSTITUTE, RfSamplerError, require_rf_sampler, rf_ancestral_step, rf_refusal_message,
-                          rf_sampler_policy, rf_setting_conflicts, rf_working_samplers)
+from lib_ext.flow import (
+    FLOW_MODEL_SAMPLING,
+    KNOWN_SAMPLERS,
+    NO_CHURN,
+    REFUSE,
+    RF_EULER_ANCESTRAL,
+    RUN,
+    SUBSTITUTE,
+    RfSamplerError,
+    require_rf_sampler,
+    rf_ancestral_step,
+    rf_refusal_message,
+    rf_sampler_policy,
+    rf_schedule_problem,
+    rf_setting_conflicts,
+    rf_working_samplers,
+)
 
 # Typed from the WebUI sources, so that a label missing from the policy shows up here.
 A1111_LABELS = [  # A1111 1.10.1 modules/sd_samplers_kdiffusion.py, sd_samplers_timesteps.py, sd_samplers_lcm.py
@@ -176,3 +190,18 @@ def test_ancestral_step_rejects_bad_arguments(args):
 def test_refusal_message_when_nothing_offered_works():
     message = rf_refusal_message("DDIM", available=["DDIM", "PLMS"])
     assert "none of this WebUI's samplers" in message and "Euler a" not in message
+
+
+# --- schedule types -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("label", ["Align Your Steps", "align your steps 32", "Align Your Steps Custom",
+                                   "Cosine-exponential Blend"])
+def test_schedules_that_ignore_the_flow_table_are_named(label):
+    problem = rf_schedule_problem(label)
+    assert problem is not None and "does not fit a rectified-flow model" in problem
+
+
+@pytest.mark.parametrize("label", ["Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Simple",
+                                   "Normal", "DDIM", "Beta", "KL Optimal", "Turbo"])
+def test_table_driven_schedules_pass(label):
+    assert rf_schedule_problem(label) is None

@@ -8,8 +8,15 @@ import math
 import pytest
 import torch
 
-from lib_ext.flow import (FlowDenoiser, check_flow_sigmas, flow_percent_to_sigma, flow_schedule, flow_scheduler,
-                          flow_sigmas, time_shift)
+from lib_ext.flow import (
+    FlowDenoiser,
+    check_flow_sigmas,
+    flow_percent_to_sigma,
+    flow_schedule,
+    flow_scheduler,
+    flow_sigmas,
+    time_shift,
+)
 
 SHIFTS = [1.0, 1.5, 3.0, 4.5, 8.0]
 

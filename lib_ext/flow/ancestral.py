@@ -22,10 +22,11 @@ sigma_down² + sigma_up² = sigma_next², which on a flow path leaves the data c
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
-import torch
 import k_diffusion.sampling as kd_sampling
+import torch
 
 from lib_ext.flow.schedule import check_flow_sigmas
 
@@ -54,9 +55,9 @@ def rf_ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> RfAn
 
 
 @torch.no_grad()
-def sample_euler_ancestral_rf(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[dict] = None,
+def sample_euler_ancestral_rf(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                               callback=None, disable=None, eta: float = 1.0, s_noise: float = 1.0,
-                              noise_sampler: Optional[NoiseSampler] = None) -> torch.Tensor:
+                              noise_sampler: NoiseSampler | None = None) -> torch.Tensor:
     """Euler ancestral for rectified flow, with k-diffusion's sampler signature (`sample_euler_ancestral`).
 
     `model(x, sigma·ones[B], **extra_args)` returns the denoised x0 (a `FlowDenoiser`, or the WebUI's CFG

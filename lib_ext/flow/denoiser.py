@@ -6,7 +6,8 @@ which for this D is exactly v: the k-diffusion ODE *is* the flow ODE, so every p
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from k_diffusion.external import DiscreteSchedule
@@ -72,7 +73,7 @@ class FlowDenoiser(DiscreteSchedule):
     """
 
     def __init__(self, apply_model: ApplyModel, shift: float, *, multiplier: float = DEFAULT_MULTIPLIER,
-                 timesteps: int = DEFAULT_TIMESTEPS, inner_model: Optional[Any] = None, quantize: bool = False):
+                 timesteps: int = DEFAULT_TIMESTEPS, inner_model: Any | None = None, quantize: bool = False):
         super().__init__(flow_sigmas(shift, timesteps), quantize)
         if not multiplier > 0:
             raise ValueError(f"flow timestep multiplier must be > 0, got {multiplier!r}")

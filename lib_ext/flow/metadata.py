@@ -19,7 +19,8 @@ declares flow or v is taken at that word. Only "flow" should change a default.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 PREDICTION_KEYS = ("modelspec.prediction_type", "modelspec.predict_key")
 
@@ -33,7 +34,7 @@ _SPELLINGS = {
 _STRENGTH = {"flow": 3, "v": 2, "x0": 2, "eps": 1}  # "epsilon" is the common unconsidered default, see above
 
 
-def declared_prediction(metadata: Optional[Mapping[str, Any]]) -> Optional[str]:
+def declared_prediction(metadata: Mapping[str, Any] | None) -> str | None:
     """"flow", "v", "x0", "eps" as the metadata declares it, or None when it declares nothing we recognise."""
     if not metadata:
         return None
@@ -47,6 +48,6 @@ def declared_prediction(metadata: Optional[Mapping[str, Any]]) -> Optional[str]:
     return max(found, key=_STRENGTH.__getitem__) if found else None
 
 
-def declares_flow(metadata: Optional[Mapping[str, Any]]) -> bool:
+def declares_flow(metadata: Mapping[str, Any] | None) -> bool:
     """True when the metadata declares a flow objective: the only case where RF becomes the model's default."""
     return declared_prediction(metadata) == "flow"

@@ -15,8 +15,8 @@ and modules_forge/forge_alter_samplers.py `samplers_data_alter`). A label not li
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Optional
 
 RUN = "run"
 SUBSTITUTE = "substitute"
@@ -42,7 +42,7 @@ class SamplerVerdict:
     sampler: str
     action: str
     reason: str
-    substitute: Optional[str] = None
+    substitute: str | None = None
     requires: tuple[str, ...] = ()
 
     @property
@@ -188,7 +188,7 @@ def rf_sampler_policy(sampler_name: str) -> SamplerVerdict:
     return SamplerVerdict(label, action, reason, substitute, requires)
 
 
-def rf_working_samplers(available: Optional[Iterable[str]] = None) -> list[str]:
+def rf_working_samplers(available: Iterable[str] | None = None) -> list[str]:
     """Labels that run in RF mode (directly or through a substitute), in table order, limited to `available`."""
     working = [label for label in _POLICY if rf_sampler_policy(label).works]
     if available is None:
@@ -201,7 +201,7 @@ class RfSamplerError(ValueError):
     """The chosen sampler cannot sample a rectified-flow model; the message names the ones that can."""
 
 
-def rf_refusal_message(sampler_name: str, available: Optional[Iterable[str]] = None) -> str:
+def rf_refusal_message(sampler_name: str, available: Iterable[str] | None = None) -> str:
     verdict = rf_sampler_policy(sampler_name)
     working = rf_working_samplers(available)
     works = ", ".join(working) or "none of this WebUI's samplers"
@@ -210,7 +210,7 @@ def rf_refusal_message(sampler_name: str, available: Optional[Iterable[str]] = N
             f"Samplers that work in RF mode: {works}.{note}")
 
 
-def require_rf_sampler(sampler_name: str, available: Optional[Iterable[str]] = None) -> SamplerVerdict:
+def require_rf_sampler(sampler_name: str, available: Iterable[str] | None = None) -> SamplerVerdict:
     """The verdict for a sampler that works in RF mode; raises `RfSamplerError` for one that does not."""
     verdict = rf_sampler_policy(sampler_name)
     if not verdict.works:
@@ -220,7 +220,7 @@ def require_rf_sampler(sampler_name: str, available: Optional[Iterable[str]] = N
 
 def rf_setting_conflicts(*, sgm_noise_multiplier: bool = False, zero_terminal_snr: bool = False,
                          img2img_extra_noise: float = 0.0, sigma_churn: float = 0.0,
-                         sampler_name: Optional[str] = None) -> list[str]:
+                         sampler_name: str | None = None) -> list[str]:
     """WebUI settings that would put VE noise or a VP schedule into an RF generation, one message each."""
     conflicts = []
     if sgm_noise_multiplier:
@@ -236,3 +236,27 @@ def rf_setting_conflicts(*, sgm_noise_multiplier: bool = False, zero_terminal_sn
         conflicts.append(f"'Sigma churn' ({sigma_churn:g}) makes {rf_sampler_policy(sampler_name).sampler} add VE "
                          f"noise and step above sigma = 1. Set it to 0.")
     return conflicts
+
+
+# --- schedule types ---------------------------------------------------------------------------------------
+# With the flow denoiser as the sampler's model, every WebUI schedule that reads the model's table (Automatic,
+# Uniform, SGM Uniform, Simple, Normal, DDIM, Turbo) or its sigma_min/sigma_max (Karras, Exponential, KL Optimal,
+# Beta, ...) follows the shift and stays inside [0, 1]. These do not (found by running A1111 1.10.1's and
+# reForge's sd_schedulers.py over a FlowDenoiser, shift 3, 10 steps):
+_SCHEDULE_REFUSALS = {
+    "Align Your Steps": "hard-coded SD/SDXL (VE) noise levels 14.6 ... 0.029, not rescaled monotonically to flow",
+    "Align Your Steps Custom": "user-given VE noise levels (14.6 ... by default), outside the flow range [0, 1]",
+    "Align Your Steps GITS": "hard-coded VE noise levels, not rescaled monotonically to flow",
+    "Align Your Steps 11": "hard-coded VE noise levels, not rescaled monotonically to flow",
+    "Align Your Steps 32": "hard-coded VE noise levels, not rescaled monotonically to flow",
+    "Cosine-exponential Blend": "not monotone when sigma_max is 1 (it rises again before the end)",
+}
+
+
+def rf_schedule_problem(schedule_label: str) -> str | None:
+    """Why a WebUI schedule type cannot drive an RF model, or None. Check the sigmas too: `check_flow_sigmas`
+    catches what a label cannot (the 'Schedule max sigma' option, old Karras sigmas 0.1-10, new schedules)."""
+    for label, reason in _SCHEDULE_REFUSALS.items():
+        if label.lower() == str(schedule_label).strip().lower():
+            return f"Uncond Lab RF: schedule type '{label}' does not fit a rectified-flow model: {reason}."
+    return None

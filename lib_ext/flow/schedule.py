@@ -7,11 +7,11 @@ the plain uniform grid. The UNet sees timestep = sigma · multiplier (ComfyUI `M
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Any
 
 import torch
 
-Number = Union[float, torch.Tensor]
+Number = float | torch.Tensor
 
 DEFAULT_TIMESTEPS = 1000
 
