@@ -209,3 +209,11 @@ def test_ve_noise_samplers_miss_the_data_and_more_steps_do_not_help(label, sampl
     fine = errors(sampler, 128, stochastic=True)
     assert fine[1] > 1.0 and fine[1] >= coarse[1]      # variance off by more than 100 %, growing with steps
     assert fine[0] > 0.5                                # and the mean is off too
+
+
+def test_rf_euler_ancestral_tolerates_float_rounding_at_the_top():
+    # regression: a schedule whose first sigma rounds a hair above 1 must not be rejected by the step
+    sigmas = torch.tensor([1.0 + 1e-7, 0.5, 0.0], dtype=torch.float64)
+    out = sample_euler_ancestral_rf(DENOISER, torch.zeros(1, 3, dtype=torch.float64), sigmas, disable=True,
+                                    noise_sampler=lambda s, sn: torch.zeros(1, 3, dtype=torch.float64))
+    assert torch.isfinite(out).all()

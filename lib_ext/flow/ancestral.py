@@ -69,7 +69,7 @@ def sample_euler_ancestral_rf(model, x: torch.Tensor, sigmas: torch.Tensor, extr
     noise_sampler = kd_sampling.default_noise_sampler(x) if noise_sampler is None else noise_sampler
     s_in = x.new_ones([x.shape[0]])
     for i in kd_sampling.trange(len(sigmas) - 1, disable=disable):
-        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        sigma, sigma_next = min(float(sigmas[i]), 1.0), float(sigmas[i + 1])  # 1 + float rounding is still 1
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
