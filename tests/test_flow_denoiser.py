@@ -146,3 +146,9 @@ def test_noise_then_denoise_round_trip_through_an_img2img_schedule():
     xi = flow_noise(x0, n, sigma)
     denoiser = FlowDenoiser(lambda x, t: n - x0, shift=3.0)
     assert torch.allclose(denoiser(xi, sigma.reshape(1)), x0, atol=1e-5)
+
+
+def test_denoiser_percent_to_sigma_uses_its_shift():
+    denoiser = FlowDenoiser(lambda x, t: x, shift=3.0)
+    assert denoiser.percent_to_sigma(0.0) == 1.0 and denoiser.percent_to_sigma(1.0) == 0.0
+    assert denoiser.percent_to_sigma(0.5) == pytest.approx(0.75)   # sigma(t = 0.5) at s = 3, by hand

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from k_diffusion.external import DiscreteSchedule
 
-from lib_ext.flow.schedule import DEFAULT_TIMESTEPS, flow_sigmas
+from lib_ext.flow.schedule import DEFAULT_TIMESTEPS, flow_percent_to_sigma, flow_sigmas
 
 DEFAULT_MULTIPLIER = 1000.0  # ComfyUI `ModelSamplingSD3` / A1111 SD3: timestep = sigma · 1000
 
@@ -85,6 +85,10 @@ class FlowDenoiser(DiscreteSchedule):
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         """The UNet's timestep for sigma (ComfyUI `ModelSamplingDiscreteFlow.timestep`)."""
         return sigma * self.multiplier
+
+    def percent_to_sigma(self, percent: float) -> float:
+        """ComfyUI's percent → sigma for this model (`ModelSamplingDiscreteFlow.percent_to_sigma`)."""
+        return flow_percent_to_sigma(percent, self.shift)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         velocity = self.apply_model(x, self.timestep(sigma), **kwargs)
