@@ -258,6 +258,10 @@ class InPlaceMerge:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    def resident(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{key: (A, B or D)} as held after prepare(); read-only, for diagnostics and benchmarks."""
+        return {slot.key: (slot.base, slot.other) for slots in self._slots.values() for slot in slots}
+
     # --- switching ------------------------------------------------------------------------------------
 
     @property

@@ -11,24 +11,8 @@ import torch
 _BIT_VIEWS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def weighted_sum(a: torch.Tensor, b: torch.Tensor, ratio: float) -> torch.Tensor:
-    """(1 - r)·A + r·B (A1111 "Weighted sum"), computed as torch.lerp in the dtype of the inputs."""
-    if ratio == 0.0:
-        return a.clone()
-    if ratio == 1.0:
-        return b.clone()
-    return torch.lerp(a, b, ratio)
-
-
-def add_difference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, ratio: float) -> torch.Tensor:
-    """A + r·(B - C) (A1111 "Add difference"), in the dtype of the inputs."""
-    if ratio == 0.0:
-        return a.clone()
-    return torch.add(a, b - c, alpha=ratio)
-
-
 def weighted_sum_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ratio: float) -> None:
-    """`out` ← (1 - r)·A + r·B in one pass (a copy at the endpoints); a, b and out share device and shape."""
+    """`out` ← (1 - r)·A + r·B (A1111 "Weighted sum") in one pass, a copy at the endpoints; `out` may be `a`."""
     if ratio == 0.0:
         out.copy_(a)
     elif ratio == 1.0:
@@ -38,7 +22,8 @@ def weighted_sum_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, ratio
 
 
 def add_difference_into(out: torch.Tensor, a: torch.Tensor, difference: torch.Tensor, ratio: float) -> None:
-    """`out` ← A + r·D in one pass (a copy at r = 0), D = B - C precomputed; D may be wider than A (float32)."""
+    """`out` ← A + r·D (A1111 "Add difference", D = B - C precomputed) in one pass, a copy at r = 0; D may be
+    wider than A (float32) and `out` may be `a`."""
     if ratio == 0.0:
         out.copy_(a)
     else:

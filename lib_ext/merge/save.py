@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Mapping
 import torch
 
 from lib_ext.merge.keys import MERGEABLE_GROUPS, classify_key
+from lib_ext.merge.ops import add_difference_into, weighted_sum_into
 from lib_ext.merge.recipe import METHOD_LABELS, WEIGHTED_SUM, MergeRecipe
 from lib_ext.merge.safetensors_stream import write_safetensors
 from lib_ext.merge.sources import MergeInputs, MergePlan, TensorSource, TensorSpec, plan_merge
@@ -205,14 +206,15 @@ def merged_chunks(recipe: MergeRecipe, plan: MergePlan, inputs: MergeInputs, spe
             yield a.to(spec.dtype)
             continue
         b = _read(inputs.b, spec.key, rows)
+        if recipe.method == WEIGHTED_SUM and ratio == 1.0:
+            yield b.to(spec.dtype)
+            continue
+        merged = a.to(torch.float32, copy=True)
         if recipe.method == WEIGHTED_SUM:
-            if ratio == 1.0:
-                yield b.to(spec.dtype)
-                continue
-            merged = a.to(torch.float32, copy=True).lerp_(b.to(torch.float32), ratio)
+            weighted_sum_into(merged, merged, b.to(torch.float32), ratio)
         else:
             difference = b.to(torch.float32, copy=True).sub_(_read(inputs.c, spec.key, rows).to(torch.float32))
-            merged = a.to(torch.float32, copy=True).add_(difference, alpha=ratio)
+            add_difference_into(merged, merged, difference, ratio)
         yield merged.to(spec.dtype)
 
 
