@@ -103,7 +103,7 @@ def estimate_memory(tensors: Iterable[Any], method: str, *, difference_dtype: to
 class _Slot:
     """The resident tensors of one parameter."""
     key: str
-    shape: tuple[int, ...]
+    shape: torch.Size
     base: torch.Tensor               # A: what ratio 0 writes
     other: torch.Tensor              # B or D
     original: torch.Tensor | None    # the live values at prepare(), where `base` is not their bit copy
@@ -236,7 +236,7 @@ class InPlaceMerge:
         else:
             difference = self.inputs.b.tensor(key).float() - self.inputs.c.tensor(key).float()
             other = difference.to(device=device, dtype=self.difference_dtype or dtype)
-        return _Slot(key, tuple(tensor.shape), base, other, original)
+        return _Slot(key, tensor.shape, base, other, original)
 
     def close(self) -> None:
         """Restore the originals, then free the resident copies and close the inputs the engine opened."""
@@ -295,8 +295,7 @@ class InPlaceMerge:
         """
         ratios = self.recipe.with_ratios(unet_ratio, te_ratio, vae_ratio).group_ratios()
         self.prepare()
-        live = self._resolve() if callable(self._targets) else None
-        write = weighted_sum_into if self.recipe.method == WEIGHTED_SUM else add_difference_into
+        targets = self._resolve() if callable(self._targets) else self._targets
         changed = set()
         with torch.no_grad():
             for group in self.groups:
@@ -304,8 +303,7 @@ class InPlaceMerge:
                 if not force and (state == ratio or (state is None and ratio == 0.0 and self._zero_is_original(group))):
                     continue
                 self._state[group] = _DIRTY
-                for slot in self._slots[group]:
-                    self._write(slot, self._live(live, slot), ratio, write)
+                self._write_group(group, ratio, targets)
                 self._state[group] = ratio
                 changed.add(group)
         return frozenset(changed)
@@ -321,7 +319,7 @@ class InPlaceMerge:
         """Copy the original weights back, bit for bit, into every group not known to hold them."""
         if not self.prepared:
             return frozenset()
-        live = self._resolve() if callable(self._targets) else None
+        targets = self._resolve() if callable(self._targets) else self._targets
         changed = set()
         with torch.no_grad():
             for group in self.groups:
@@ -329,7 +327,7 @@ class InPlaceMerge:
                     continue
                 self._state[group] = _DIRTY
                 for slot in self._slots[group]:
-                    target = self._live(live, slot)
+                    target = self._checked_target(targets, slot)
                     target.copy_(slot.original if slot.original is not None else slot.base)
                 self._state[group] = None
                 changed.add(group)
@@ -341,22 +339,29 @@ class InPlaceMerge:
         """Ratio 0 writes A; when A is the bit copy of the originals, the originals already are ratio 0."""
         return all(slot.original is None for slot in self._slots[group])
 
-    def _live(self, live: Mapping[str, torch.Tensor] | None, slot: _Slot) -> torch.Tensor:
-        target = (live if live is not None else self._targets)[slot.key]
-        if tuple(target.shape) != slot.shape:  # lerp(out=) would resize a parameter instead of failing
+    @staticmethod
+    def _checked_target(targets: Mapping[str, torch.Tensor], slot: _Slot) -> torch.Tensor:
+        target = targets[slot.key]
+        if target.shape != slot.shape:  # lerp(out=) would resize a parameter instead of failing
             raise MergeTargetError(f"live tensor '{slot.key}' now has shape {list(target.shape)}, "
                                    f"prepared for {list(slot.shape)}")
         return target
 
-    def _write(self, slot: _Slot, target: torch.Tensor, ratio: float, write) -> None:
-        if ratio == 0.0 or (ratio == 1.0 and self.recipe.method == WEIGHTED_SUM):
-            target.copy_(slot.base if ratio == 0.0 else slot.other)  # the exact endpoint, any device or dtype
-        elif target.device == slot.base.device and target.dtype == slot.base.dtype:
-            write(target, slot.base, slot.other, ratio)  # the fused pass, straight into the parameter
-        else:  # resident on the CPU, or float8 storage: compute beside the copies, then one copy_
-            buffer = self._staging_buffer(slot, target.device)
-            write(buffer, slot.base, slot.other, ratio)
-            target.copy_(buffer)
+    def _write_group(self, group: str, ratio: float, targets: Mapping[str, torch.Tensor]) -> None:
+        """One pass over a group's parameters. The hot loop of a switch: keep it lean (≈ 1680 tensors, SDXL)."""
+        write = weighted_sum_into if self.recipe.method == WEIGHTED_SUM else add_difference_into
+        endpoint = ratio == 0.0 or (ratio == 1.0 and self.recipe.method == WEIGHTED_SUM)
+        for slot in self._slots[group]:
+            target = self._checked_target(targets, slot)
+            base = slot.base
+            if target.device == base.device and target.dtype == base.dtype:
+                write(target, base, slot.other, ratio)  # the fused pass, straight into the parameter
+            elif endpoint:
+                target.copy_(base if ratio == 0.0 else slot.other)  # copy_ moves and casts exactly
+            else:  # resident on the CPU, or float8 storage: compute beside the copies, then one copy_
+                buffer = self._staging_buffer(slot, target.device)
+                write(buffer, base, slot.other, ratio)
+                target.copy_(buffer)
 
     def _staging_buffer(self, slot: _Slot, target_device: torch.device) -> torch.Tensor:
         """One reusable buffer per (device, dtype), as large as the largest resident tensor there."""
