@@ -307,7 +307,8 @@ def main(argv=None) -> None:
     print(line("floor", floor, 3))
     print(line("copy", copy, 2) + ", the raw bandwidth, for reference")
     print(line("naive", naive, 3) + ", plus its temporaries and load_state_dict's copy")
-    print(f"peak extra memory: switch {peak.peak_extra / 2 ** 20:.1f} MiB, naive {naive_peak.peak_extra / 2 ** 20:.0f} MiB "
+    print(f"peak extra memory: switch {peak.peak_extra / 2 ** 20:.1f} MiB, "
+          f"naive {naive_peak.peak_extra / 2 ** 20:.0f} MiB "
           f"(its merged state dict alone: {model_bytes / 2 ** 20:.0f} MiB)"
           + ("" if exact_rss or device.type == "cuda" else "; glibc mallopt unavailable: RSS deltas may hide reuse"))
     print(f"best rounds: switch/floor={medians['switch_min'] / medians['floor_min']:.2f} "

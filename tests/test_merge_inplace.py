@@ -7,7 +7,7 @@ import torch
 from lib_ext.merge.inplace import InPlaceMerge, MergeTargetError, estimate_memory
 from lib_ext.merge.keys import classify_key
 from lib_ext.merge.recipe import MergeRecipe
-from merge_fixtures import assert_bits_equal, bits, sd1_checkpoint, write_checkpoint
+from merge_fixtures import assert_bits_equal, sd1_checkpoint, write_checkpoint
 
 A, B, C = sd1_checkpoint(0), sd1_checkpoint(1), sd1_checkpoint(2)
 UNET_KEY = "model.diffusion_model.middle_block.1.proj_in.weight"
@@ -259,6 +259,20 @@ def test_base_file_keeps_live_values_for_restore(paths):
 
 # --- targets -------------------------------------------------------------------------------------------
 
+def test_copies_made_in_inference_mode_work_outside(paths):
+    """reForge runs generation under torch.inference_mode(): copies made there still serve switches outside."""
+    model = live_model()
+    merge = InPlaceMerge(ws(paths), model)
+    with torch.inference_mode():
+        merge.prepare()
+    merge.apply(1.0)
+    assert_model_equals(model, B, merged_keys(model))
+    with torch.inference_mode():
+        merge.apply(0.5)
+    merge.close()
+    assert_model_equals(model, A)
+
+
 def test_callable_targets_follow_moved_tensors(paths):
     """--medvram-like: the host replaces tensor objects between calls; the engine writes the current ones."""
     model = live_model()
@@ -313,9 +327,10 @@ def test_bad_options(paths):
 def test_estimate_memory_closed_form():
     tensors = [torch.empty(10, 3, dtype=torch.float16), torch.empty(7, dtype=torch.float16)]  # 37 elements
     estimate = estimate_memory(tensors, "weighted_sum")
-    assert (estimate.base_bytes, estimate.other_bytes, estimate.original_bytes, estimate.staging_bytes) == (74, 74, 0, 0)
+    fields = lambda e: (e.base_bytes, e.other_bytes, e.original_bytes, e.staging_bytes)  # noqa: E731
+    assert fields(estimate) == (74, 74, 0, 0)
     estimate = estimate_memory(tensors, "add_difference", difference_dtype=torch.float32, base="file", staged=True)
-    assert (estimate.base_bytes, estimate.other_bytes, estimate.original_bytes, estimate.staging_bytes) == (74, 148, 74, 60)
+    assert fields(estimate) == (74, 148, 74, 60)
     assert estimate.total_bytes == 74 + 148 + 74 + 60
     fp8 = [torch.empty(5, dtype=torch.float8_e4m3fn)]  # resident in fp16, the originals in fp8
     assert estimate_memory(fp8, "weighted_sum", base="file").resident_bytes == 10 + 10 + 5

@@ -53,7 +53,8 @@ def test_writer_round_trip(tmp_path):
 def test_writer_takes_chunks(tmp_path):
     tensor = torch.randn(10, 4)
     path = tmp_path / "chunks.safetensors"
-    write_safetensors(path, [TensorSpec("t", torch.float32, (10, 4))], lambda spec: [tensor[:3], tensor[3:4], tensor[4:]])
+    chunks = lambda spec: [tensor[:3], tensor[3:4], tensor[4:]]  # noqa: E731
+    write_safetensors(path, [TensorSpec("t", torch.float32, (10, 4))], chunks)
     assert torch.equal(load_file(path)["t"], tensor)
 
 
@@ -156,7 +157,8 @@ def test_metadata(paths):
     with safe_open(path, "pt") as file:
         metadata = file.metadata()
     stored = MergeRecipe.from_dict(json.loads(metadata["uncond_lab_merge_recipe"]))
-    assert stored == MergeRecipe("add_difference", "base.safetensors", "tuned.safetensors", "sd15.safetensors", 0.7, 0.0)
+    assert stored == MergeRecipe("add_difference", "base.safetensors", "tuned.safetensors", "sd15.safetensors",
+                                 0.7, 0.0)
     a1111 = json.loads(metadata["sd_merge_recipe"])
     assert a1111["interp_method"] == "Add difference" and a1111["multiplier"] == 0.7
     assert a1111["te_multiplier"] == 0.0 and a1111["primary_model_hash"] == "a" * 64

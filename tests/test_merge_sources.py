@@ -66,8 +66,8 @@ def test_missing_text_encoder_key_named(tmp_path):
 def test_shape_mismatch_named(tmp_path):
     b = sd1_checkpoint(1)
     b["model.diffusion_model.out.2.weight"] = torch.zeros(4, 8, 1, 1, dtype=torch.float16)
-    with pytest.raises(IncompatibleModelsError,
-                       match=r"'model.diffusion_model.out.2.weight' has shape \[4, 8, 3, 3\] in A but \[4, 8, 1, 1\] in B"):
+    with pytest.raises(IncompatibleModelsError, match=r"'model.diffusion_model.out.2.weight' has shape "
+                                                      r"\[4, 8, 3, 3\] in A but \[4, 8, 1, 1\] in B"):
         plan(tmp_path, a=sd1_checkpoint(0), b=b)
 
 
@@ -106,7 +106,8 @@ def test_markers_checked_against_c(tmp_path):
 
 def test_modelspec_prediction_type(tmp_path):
     metadata = {"a": {"modelspec.prediction_type": "v"}, "b": {"modelspec.prediction_type": "epsilon"}}
-    with pytest.raises(IncompatibleModelsError, match="metadata 'modelspec.prediction_type' is 'v' in A but 'epsilon' in B"):
+    with pytest.raises(IncompatibleModelsError,
+                       match="metadata 'modelspec.prediction_type' is 'v' in A but 'epsilon' in B"):
         plan(tmp_path, metadata=metadata, a=sdxl_checkpoint(0), b=sdxl_checkpoint(1))
     plan(tmp_path, metadata={"a": {"modelspec.prediction_type": "v"}}, a=sdxl_checkpoint(0), b=sdxl_checkpoint(1))
 
@@ -127,7 +128,8 @@ def test_vae_asked_but_absent(tmp_path):
 def test_integer_tensor_against_float_refused(tmp_path):
     b = sd1_checkpoint(1)
     b["model.diffusion_model.input_blocks.0.0.bias"] = torch.zeros(8, dtype=torch.int64)
-    with pytest.raises(IncompatibleModelsError, match="'model.diffusion_model.input_blocks.0.0.bias' is torch.float16 in A"):
+    with pytest.raises(IncompatibleModelsError,
+                       match="'model.diffusion_model.input_blocks.0.0.bias' is torch.float16 in A"):
         plan(tmp_path, a=sd1_checkpoint(0), b=b)
 
 

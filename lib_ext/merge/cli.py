@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vae-ratio", type=_ratio, metavar="R", help="VAE ratio with --vae (default: follows --ratio)")
     parser.add_argument("--dtype", choices=OUTPUT_DTYPES, default="a",
                         help="dtype of the UNet/text-encoder/VAE weights written (default 'a': each as in A)")
-    parser.add_argument("--out-dir", required=True, help="folder to write into (e.g. the WebUI's models/Stable-diffusion)")
+    parser.add_argument("--out-dir", required=True,
+                        help="folder to write into (e.g. the WebUI's models/Stable-diffusion)")
     parser.add_argument("--name", help="file name without extension (default: from the inputs and ratios); "
                                        "with several ratios each gets ' r<ratio>' appended")
     parser.add_argument("--sha256", action="store_true",

@@ -15,7 +15,8 @@ Resident copies, per merged parameter, in the compute dtype (the live dtype; flo
     add difference    A and D = B - C         ratio r: A + r·D → param;       r = 0 copies A
 D is computed in float32 from the files, then stored in the compute dtype (default: same memory as B; the
 result is within about one unit in the last place of the float32 merge) or in float32 (`difference_dtype=
-torch.float32`: the correctly rounded float32 merge, as a saved file has it, for one more half copy in fp16).
+torch.float32`: the float32 merge rounded once, bit-identical to save_merge's file; fp16 models pay one more
+copy for it).
 "A" is by default the live weights as found at prepare() (`base="live"`: the restore copy doubles as A, nothing
 of A is read from disk). `base="file"` reads A from its file instead, for a host whose live weights may carry
 something else (a baked-in LoRA); the live values are then kept too, where they differ, for restore().
@@ -25,11 +26,13 @@ Memory, SDXL (UNet 2,567,463,684 parameters, 5.13 GB per fp16 copy; text encoder
     add difference, difference_dtype=float32           A + 2·A  = 15.4 GB
     base="file" and the live weights differ from A's   +1 copy (at most)
     placement "cpu" with the model on a GPU            the copies in RAM, plus one staging buffer of the largest
-                                                       tensor (SDXL UNet: 59 MB fp16); each switch then moves
+                                                       tensor (SDXL: 59 MB UNet, 126 MB CLIP-G); each switch moves
                                                        one fp16 copy (5.13 GB) host → device
     a switch itself (same device and dtype)            no extra memory: torch.lerp / torch.add write into the
                                                        parameter (`out=`)
 `estimate_memory` computes these figures for any set of tensors; `InPlaceMerge.estimate()` for the targets.
+
+See README.md in this folder for the host's side (medvram, float8, inference mode, Lora backups).
 
 Restore is bit-exact: it copies back the saved originals (or A when A is their bit copy). The engine tracks
 each group's applied ratio and marks a group dirty while it writes, so restore() after an error or a
@@ -133,7 +136,8 @@ class InPlaceMerge:
         if base not in BASES:
             raise ValueError(f"base must be one of {', '.join(BASES)}, got {base!r}")
         if difference_dtype not in (None, torch.float32):
-            raise ValueError(f"difference_dtype must be None (the model's dtype) or torch.float32, got {difference_dtype}")
+            raise ValueError("difference_dtype must be None (the model's dtype) or torch.float32, "
+                             f"got {difference_dtype}")
         self.recipe = recipe
         self.placement, self.base, self.difference_dtype = placement, base, difference_dtype
         self.device_reserve_bytes = device_reserve_bytes
@@ -146,7 +150,8 @@ class InPlaceMerge:
         except BaseException:
             self._close_inputs()
             raise
-        self.groups: tuple[str, ...] = tuple(g for g in self.plan.groups if any(self.plan.group_of(k) == g for k in live))
+        handed_over = {self.plan.group_of(key) for key in live}
+        self.groups: tuple[str, ...] = tuple(g for g in self.plan.groups if g in handed_over)
         self._slots: dict[str, list[_Slot]] = {}
         self._state: dict[str, object] = {g: None for g in self.groups}  # None: originals; a float: that ratio
         self._staging: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
@@ -165,7 +170,8 @@ class InPlaceMerge:
             spec = self.plan.specs.get(key)
             if spec is None or self.plan.group_of(key) is None:
                 raise MergeTargetError(f"live tensor '{key}' has no merged counterpart in A = {self.inputs.a.name}; "
-                                       "the host's key mapping must use checkpoint keys (e.g. 'model.diffusion_model.*')")
+                                       "the host's key mapping must use checkpoint keys "
+                                       "(e.g. 'model.diffusion_model.*')")
             if tuple(tensor.shape) != spec.shape:
                 raise MergeTargetError(f"live tensor '{key}' has shape {list(tensor.shape)}, "
                                        f"the checkpoint {list(spec.shape)}")

@@ -136,7 +136,8 @@ class MergeRecipe:
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = [key for key in values if key not in known]
         if unknown:
-            raise RecipeError(f"unknown merge recipe field(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+            raise RecipeError(f"unknown merge recipe field(s) {', '.join(map(repr, unknown))}; "
+                              f"known: {', '.join(known)}")
         for required in ("method", "model_a", "model_b"):
             if required not in values:
                 raise RecipeError(f"merge recipe field '{required}' is missing")

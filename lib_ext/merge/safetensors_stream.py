@@ -69,7 +69,8 @@ def write_safetensors(path: str | os.PathLike, specs: Iterable[TensorSpec], chun
             written = 0
             for chunk in chunks(spec):
                 if chunk.dtype != spec.dtype:
-                    raise SafetensorsWriteError(f"tensor '{spec.key}': got a {chunk.dtype} chunk, header says {spec.dtype}")
+                    raise SafetensorsWriteError(f"tensor '{spec.key}': got a {chunk.dtype} chunk, "
+                                                f"header says {spec.dtype}")
                 data = chunk.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
                 file.write(memoryview(data.numpy()))
                 written += data.numel()

@@ -228,8 +228,8 @@ def plan_merge(recipe: MergeRecipe, inputs: MergeInputs) -> MergePlan:
     prediction-type markers. Headers only, plus the marker tensors (a few bytes).
     """
     if (recipe.method == ADD_DIFFERENCE) != (inputs.c is not None):
-        raise MergeInputError(f"{recipe.method} takes {'A, B and C' if recipe.method == ADD_DIFFERENCE else 'A and B'}, "
-                              f"got {'a' if inputs.c is not None else 'no'} model C")
+        takes = "A, B and C" if recipe.method == ADD_DIFFERENCE else "A and B"
+        raise MergeInputError(f"{recipe.method} takes {takes}, got {'a' if inputs.c is not None else 'no'} model C")
     sources = inputs.by_role()
     a = inputs.a
     merged_groups = [g for g in MERGEABLE_GROUPS if recipe.ratio_for(g) is not None]
