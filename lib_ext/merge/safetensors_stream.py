@@ -72,10 +72,12 @@ def write_safetensors(path: str | os.PathLike, specs: Iterable[TensorSpec], chun
                     raise SafetensorsWriteError(f"tensor '{spec.key}': got a {chunk.dtype} chunk, "
                                                 f"header says {spec.dtype}")
                 data = chunk.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+                del chunk  # hold no chunk while the producer computes the next one
                 file.write(memoryview(data.numpy()))
                 written += data.numel()
                 if progress is not None:
                     progress(data.numel())
+                del data
             if written != spec.nbytes:
                 raise SafetensorsWriteError(f"tensor '{spec.key}': wrote {written} bytes, header says {spec.nbytes}")
         file.flush()
