@@ -259,6 +259,22 @@ def test_base_file_keeps_live_values_for_restore(paths):
 
 # --- targets -------------------------------------------------------------------------------------------
 
+def test_files_released_after_prepare_and_reopened(paths, tmp_path):
+    """The engine holds no file once the copies are resident (Windows users can move B); a new prepare()
+    after close() reads the files again and checks them again."""
+    model = live_model()
+    merge = InPlaceMerge(ws(paths), model)
+    merge.prepare()
+    assert not hasattr(merge.inputs.b, "_file")
+    merge.apply(1.0)
+    merge.close()
+    write_checkpoint(paths["b"], C)  # B changed on disk meanwhile
+    with merge:
+        merge.apply(1.0)
+        assert_model_equals(model, C, merged_keys(model))
+    assert_model_equals(model, A)
+
+
 def test_copies_made_in_inference_mode_work_outside(paths):
     """reForge runs generation under torch.inference_mode(): copies made there still serve switches outside."""
     model = live_model()

@@ -120,7 +120,7 @@ class InPlaceMerge:
       does not merge (an unmerged VAE, other keys) are ignored; a group is controlled when at least one of its
       keys is given, and then all its keys must be. Nothing else may write the targets while a ratio is
       applied (call `apply(..., force=True)` after someone did).
-    inputs: opened sources; by default the recipe's files are opened (and closed by `close()`).
+    inputs: opened sources; by default the recipe's files are opened, and closed once prepare() has read them.
     placement: "device" keeps the resident copies beside each live tensor, "cpu" in RAM (a switch computes on
       the CPU into a staging buffer, then copies to the device), "auto" picks "device" when the device has
       room for them plus `device_reserve_bytes`.
@@ -142,7 +142,7 @@ class InPlaceMerge:
         self.placement, self.base, self.difference_dtype = placement, base, difference_dtype
         self.device_reserve_bytes = device_reserve_bytes
         self._targets = targets
-        self._owns_inputs = inputs is None
+        self._owns_inputs, self._inputs_closed = inputs is None, False
         self.inputs = MergeInputs.open(recipe) if inputs is None else inputs
         try:
             self.plan: MergePlan = plan_merge(recipe, self.inputs)
@@ -220,6 +220,10 @@ class InPlaceMerge:
         """Read the resident copies once (B, or B and C, key by key from the files; A from the live tensors)."""
         if self.prepared:
             return
+        if self._inputs_closed:  # a prepare() after close(): the files may have changed since, check again
+            self.inputs = MergeInputs.open(self.recipe)
+            self._inputs_closed = False
+            self.plan = plan_merge(self.recipe, self.inputs)
         live = self._resolve()
         device_of = self._resident_device(live)
         slots: dict[str, list[_Slot]] = {g: [] for g in self.groups}
@@ -227,6 +231,7 @@ class InPlaceMerge:
             for key, tensor in live.items():
                 slots[self.plan.group_of(key)].append(self._load_slot(key, tensor, device_of(tensor)))
         self._slots = slots
+        self._close_inputs()  # everything needed is resident: release the files (Windows can then move them)
 
     def _load_slot(self, key: str, tensor: torch.Tensor, device: torch.device) -> _Slot:
         dtype = compute_dtype_for(tensor.dtype)
@@ -245,7 +250,7 @@ class InPlaceMerge:
         return _Slot(key, tensor.shape, base, other, original)
 
     def close(self) -> None:
-        """Restore the originals, then free the resident copies and close the inputs the engine opened."""
+        """Restore the originals, then free the resident copies (and the inputs the engine opened, if still open)."""
         try:
             if self.prepared:
                 self.restore()
@@ -256,6 +261,7 @@ class InPlaceMerge:
     def _close_inputs(self) -> None:
         if self._owns_inputs:
             self.inputs.close()
+            self._inputs_closed = True
 
     def __enter__(self) -> "InPlaceMerge":
         self.prepare()
