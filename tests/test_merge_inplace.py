@@ -315,8 +315,9 @@ def test_target_errors_name_the_key(paths):
         InPlaceMerge(ws(paths), partial)
     with pytest.raises(MergeTargetError, match="no live tensor belongs to a merged group"):
         InPlaceMerge(ws(paths), {"alphas_cumprod": torch.zeros(10)})
-    # an unmerged VAE and other keys are ignored, not refused
-    InPlaceMerge(ws(paths), {**live_model(), "alphas_cumprod": torch.zeros(10)}).close()
+    # an unmerged VAE, other keys and integer buffers are ignored, not refused
+    position_ids = "cond_stage_model.transformer.text_model.embeddings.position_ids"
+    InPlaceMerge(ws(paths), {**live_model(), "alphas_cumprod": torch.zeros(10), position_ids: A[position_ids]}).close()
 
 
 def test_shape_change_after_prepare_is_refused(paths):
@@ -367,3 +368,16 @@ def test_engine_estimate(paths):
     numel = sum(v.numel() for k, v in model.items() if classify_key(k) in ("unet", "te"))
     assert merge.estimate().resident_bytes == 2 * 2 * numel
     assert merge.estimate().staging_bytes == 0  # CPU targets: no staging
+
+
+def test_integer_buffer_of_a_merged_group_is_left_alone(tmp_path):
+    """Integer tensors under a merged prefix are copied from A by a merge; handed over, they are not switched."""
+    index = "model.diffusion_model.some_index"
+    a, b = {**A, index: torch.arange(4)}, {**B, index: torch.arange(4) + 10}
+    recipe = MergeRecipe("weighted_sum", write_checkpoint(tmp_path / "a.safetensors", a),
+                         write_checkpoint(tmp_path / "b.safetensors", b))
+    model = {**live_model(), index: torch.arange(4)}
+    with InPlaceMerge(recipe, model) as merge:
+        merge.apply(1.0)
+        assert torch.equal(model[index], torch.arange(4))
+        assert_model_equals(model, B, merged_keys(live_model()))

@@ -168,7 +168,9 @@ class InPlaceMerge:
             if group not in merged_groups:
                 continue  # an unmerged VAE, other keys: ignored (documented above)
             spec = self.plan.specs.get(key)
-            if spec is None or self.plan.group_of(key) is None:
+            if spec is not None and self.plan.group_of(key) is None:
+                continue  # an integer buffer of a merged group: copied from A by a merge, nothing to switch
+            if spec is None:
                 raise MergeTargetError(f"live tensor '{key}' has no merged counterpart in A = {self.inputs.a.name}; "
                                        "the host's key mapping must use checkpoint keys "
                                        "(e.g. 'model.diffusion_model.*')")
@@ -189,9 +191,11 @@ class InPlaceMerge:
     # --- memory ---------------------------------------------------------------------------------------
 
     def estimate(self) -> MemoryEstimate:
-        """What prepare() will hold for these targets (staging counted when some target is not on the CPU)."""
+        """What prepare() will hold for these targets; staging counted when a switch may need it (a target off
+        the CPU unless placement="device", float8 storage)."""
         live = self._resolve()
-        staged = any(t.device.type != "cpu" for t in live.values()) and self.placement != "device"
+        staged = any((t.device.type != "cpu" and self.placement != "device") or compute_dtype_for(t.dtype) != t.dtype
+                     for t in live.values())
         return estimate_memory(live.values(), self.recipe.method, difference_dtype=self.difference_dtype,
                                base=self.base, staged=staged)
 
