@@ -1,0 +1,5 @@
+import sys
+
+from lib_ext.merge.cli import main
+
+sys.exit(main())

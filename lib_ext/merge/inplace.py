@@ -1,0 +1,393 @@
+"""A merge applied in place to a loaded model: a ratio change is one fused pass over its parameters.
+
+The host hands over the live tensors as {checkpoint key → tensor} (or a callable returning that mapping each
+time, for hosts that move modules between devices, e.g. A1111 --medvram); the engine never imports a WebUI.
+
+    merge = InPlaceMerge(recipe, targets)          # checks the inputs (headers only)
+    with merge:                                    # prepare(): the resident copies, read once
+        for ratio in (0.0, 0.5, 1.0):
+            changed = merge.apply(ratio)           # one pass per changed group; {'unet', 'te'} ⊇ changed
+            ...generate...                         # the host drops its text-encoder caches if 'te' in changed
+                                                   # exit (also on an exception or Ctrl-C): restore() + free
+
+Resident copies, per merged parameter, in the compute dtype (the live dtype; float16 for float8 storage):
+    weighted sum      A and B                 ratio r: lerp(A, B, r) → param; r = 0 copies A, r = 1 copies B
+    add difference    A and D = B - C         ratio r: A + r·D → param;       r = 0 copies A
+D is computed in float32 from the files, then stored in the compute dtype (default: same memory as B; the
+result is within about one unit in the last place of the float32 merge) or in float32 (`difference_dtype=
+torch.float32`: the float32 merge rounded once, bit-identical to save_merge's file; fp16 models pay one more
+copy for it).
+"A" is by default the live weights as found at prepare() (`base="live"`: the restore copy doubles as A, nothing
+of A is read from disk). `base="file"` reads A from its file instead, for a host whose live weights may carry
+something else (a baked-in LoRA); the live values are then kept too, where they differ, for restore().
+
+Memory, SDXL (UNet 2,567,463,684 parameters, 5.13 GB per fp16 copy; text encoders ≈ 0.82 B, 1.64 GB per copy):
+    weighted sum or add difference, UNet only          2 copies = 10.3 GB   (+1.6 GB ×2 with the text encoders)
+    add difference, difference_dtype=float32           A + 2·A  = 15.4 GB
+    base="file" and the live weights differ from A's   +1 copy (at most)
+    placement "cpu" with the model on a GPU            the copies in RAM, plus one staging buffer of the largest
+                                                       tensor (SDXL: 59 MB UNet, 126 MB CLIP-G); each switch moves
+                                                       one fp16 copy (5.13 GB) host → device
+    a switch itself (same device and dtype)            no extra memory: torch.lerp / torch.add write into the
+                                                       parameter (`out=`)
+`estimate_memory` computes these figures for any set of tensors; `InPlaceMerge.estimate()` for the targets.
+
+See README.md in this folder for the host's side (medvram, float8, inference mode, Lora backups).
+
+Restore is bit-exact: it copies back the saved originals (or A when A is their bit copy). The engine tracks
+each group's applied ratio and marks a group dirty while it writes, so restore() after an error or a
+KeyboardInterrupt in the middle of a pass rewrites every group not known to hold the originals; restore() is
+idempotent and may be called again if it was itself interrupted. Writes run under torch.no_grad().
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Union
+
+import torch
+
+from lib_ext.merge.keys import GROUP_LABELS, classify_key
+from lib_ext.merge.ops import add_difference_into, bits_equal, weighted_sum_into
+from lib_ext.merge.recipe import ADD_DIFFERENCE, WEIGHTED_SUM, MergeRecipe
+from lib_ext.merge.sources import MergeInputs, MergePlan, plan_merge
+
+Targets = Union[Mapping[str, torch.Tensor], Callable[[], Mapping[str, torch.Tensor]]]
+
+PLACEMENTS = ("auto", "device", "cpu")
+BASES = ("live", "file")
+COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+DEFAULT_DEVICE_RESERVE = 2 * 1024 ** 3  # what placement="auto" leaves free on the device for inference
+_DIRTY = object()  # a group's state while a pass writes it: neither the originals nor a known ratio
+
+
+class MergeTargetError(ValueError):
+    """The host's live tensors do not match the merge (a key, a shape); the message names the key."""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes an in-place merge holds (resident, between switches) and needs during a switch (staging)."""
+    base_bytes: int      # A, one copy in the compute dtype
+    other_bytes: int     # B (weighted sum) or D = B - C (add difference)
+    original_bytes: int  # base="file": a copy of the live weights, at most (only where they differ from A)
+    staging_bytes: int   # one buffer of the largest tensor, when compute cannot write into the parameter
+
+    @property
+    def resident_bytes(self) -> int:
+        return self.base_bytes + self.other_bytes + self.original_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return self.resident_bytes + self.staging_bytes
+
+
+def compute_dtype_for(live_dtype: torch.dtype) -> torch.dtype:
+    """The dtype resident copies are kept in: the live one, or float16 for float8 storage (exact superset)."""
+    return live_dtype if live_dtype in COMPUTE_DTYPES else torch.float16
+
+
+def estimate_memory(tensors: Iterable[Any], method: str, *, difference_dtype: torch.dtype | None = None,
+                    base: str = "live", staged: bool = False) -> MemoryEstimate:
+    """Bytes for an in-place merge of `tensors` (anything with .shape and .dtype: live tensors, TensorSpecs)."""
+    base_bytes = other_bytes = original_bytes = largest = 0
+    for t in tensors:
+        numel, dtype = math.prod(t.shape), compute_dtype_for(t.dtype)
+        base_bytes += numel * dtype.itemsize
+        other_dtype = difference_dtype if (method == ADD_DIFFERENCE and difference_dtype is not None) else dtype
+        other_bytes += numel * other_dtype.itemsize
+        if base == "file":
+            original_bytes += numel * t.dtype.itemsize
+        largest = max(largest, numel * dtype.itemsize)
+    return MemoryEstimate(base_bytes, other_bytes, original_bytes, largest if staged else 0)
+
+
+@dataclass
+class _Slot:
+    """The resident tensors of one parameter."""
+    key: str
+    shape: torch.Size
+    base: torch.Tensor               # A: what ratio 0 writes
+    other: torch.Tensor              # B or D
+    original: torch.Tensor | None    # the live values at prepare(), where `base` is not their bit copy
+
+
+class InPlaceMerge:
+    """One merge recipe bound to a loaded model's live tensors: prepare once, apply ratios, restore exactly.
+
+    targets: {checkpoint key → live tensor}, or a callable returning it (resolved at every call; use it when
+      the host may move or replace the tensors, e.g. A1111 --medvram/--lowvram). Keys of groups the recipe
+      does not merge (an unmerged VAE, other keys) are ignored; a group is controlled when at least one of its
+      keys is given, and then all its keys must be. Nothing else may write the targets while a ratio is
+      applied (call `apply(..., force=True)` after someone did).
+    inputs: opened sources; by default the recipe's files are opened, and closed once prepare() has read them.
+    placement: "device" keeps the resident copies beside each live tensor, "cpu" in RAM (a switch computes on
+      the CPU into a staging buffer, then copies to the device), "auto" picks "device" when the device has
+      room for them plus `device_reserve_bytes`.
+    base: "live" (A = the live weights at prepare()) or "file" (A read from its file); see the module doc.
+    difference_dtype: add difference only; None = the compute dtype, or torch.float32.
+    """
+
+    def __init__(self, recipe: MergeRecipe, targets: Targets, *, inputs: MergeInputs | None = None,
+                 placement: str = "auto", base: str = "live", difference_dtype: torch.dtype | None = None,
+                 device_reserve_bytes: int = DEFAULT_DEVICE_RESERVE):
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+        if base not in BASES:
+            raise ValueError(f"base must be one of {', '.join(BASES)}, got {base!r}")
+        if difference_dtype not in (None, torch.float32):
+            raise ValueError("difference_dtype must be None (the model's dtype) or torch.float32, "
+                             f"got {difference_dtype}")
+        self.recipe = recipe
+        self.placement, self.base, self.difference_dtype = placement, base, difference_dtype
+        self.device_reserve_bytes = device_reserve_bytes
+        self._targets = targets
+        self._owns_inputs, self._inputs_closed = inputs is None, False
+        self.inputs = MergeInputs.open(recipe) if inputs is None else inputs
+        try:
+            self.plan: MergePlan = plan_merge(recipe, self.inputs)
+            live = self._resolve()
+        except BaseException:
+            self._close_inputs()
+            raise
+        handed_over = {self.plan.group_of(key) for key in live}
+        self.groups: tuple[str, ...] = tuple(g for g in self.plan.groups if g in handed_over)
+        self._slots: dict[str, list[_Slot]] = {}
+        self._state: dict[str, object] = {g: None for g in self.groups}  # None: originals; a float: that ratio
+        self._staging: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    # --- targets --------------------------------------------------------------------------------------
+
+    def _resolve(self) -> dict[str, torch.Tensor]:
+        """The live tensors of the merged groups, checked against the plan; raises naming the first bad key."""
+        targets = self._targets() if callable(self._targets) else self._targets
+        merged_groups = set(self.recipe.group_ratios())
+        live: dict[str, torch.Tensor] = {}
+        for key, tensor in targets.items():
+            group = classify_key(key)
+            if group not in merged_groups:
+                continue  # an unmerged VAE, other keys: ignored (documented above)
+            spec = self.plan.specs.get(key)
+            if spec is not None and self.plan.group_of(key) is None:
+                continue  # an integer buffer of a merged group: copied from A by a merge, nothing to switch
+            if spec is None:
+                raise MergeTargetError(f"live tensor '{key}' has no merged counterpart in A = {self.inputs.a.name}; "
+                                       "the host's key mapping must use checkpoint keys "
+                                       "(e.g. 'model.diffusion_model.*')")
+            if tuple(tensor.shape) != spec.shape:
+                raise MergeTargetError(f"live tensor '{key}' has shape {list(tensor.shape)}, "
+                                       f"the checkpoint {list(spec.shape)}")
+            live[key] = tensor
+        controlled = {self.plan.group_of(k) for k in live}
+        for key, group in self.plan.merged.items():
+            if group in controlled and key not in live:
+                raise MergeTargetError(f"no live tensor for '{key}': when some {GROUP_LABELS[group]} weights are "
+                                       "merged in place, all of them must be given")
+        if not live:
+            raise MergeTargetError("no live tensor belongs to a merged group (UNet, text encoders, VAE with "
+                                   f"include_vae); got {len(targets)} keys, e.g. {next(iter(targets), None)!r}")
+        return live
+
+    # --- memory ---------------------------------------------------------------------------------------
+
+    def estimate(self) -> MemoryEstimate:
+        """What prepare() will hold for these targets; staging counted when a switch may need it (a target off
+        the CPU unless placement="device", float8 storage)."""
+        live = self._resolve()
+        staged = any((t.device.type != "cpu" and self.placement != "device") or compute_dtype_for(t.dtype) != t.dtype
+                     for t in live.values())
+        return estimate_memory(live.values(), self.recipe.method, difference_dtype=self.difference_dtype,
+                               base=self.base, staged=staged)
+
+    def _resident_device(self, live: Mapping[str, torch.Tensor]) -> Callable[[torch.Tensor], torch.device]:
+        if self.placement == "cpu":
+            return lambda t: torch.device("cpu")
+        if self.placement == "device":
+            return lambda t: t.device
+        on_device = [t for t in live.values() if t.device.type == "cuda"]
+        if on_device:
+            device = on_device[0].device
+            need = estimate_memory(on_device, self.recipe.method, difference_dtype=self.difference_dtype,
+                                   base=self.base).resident_bytes
+            free, _total = torch.cuda.mem_get_info(device)
+            if need + self.device_reserve_bytes > free:
+                return lambda t: torch.device("cpu")
+        return lambda t: t.device
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    @property
+    def prepared(self) -> bool:
+        return bool(self._slots)
+
+    def prepare(self) -> None:
+        """Read the resident copies once (B, or B and C, key by key from the files; A from the live tensors)."""
+        if self.prepared:
+            return
+        if self._inputs_closed:  # a prepare() after close(): the files may have changed since, check again
+            self.inputs = MergeInputs.open(self.recipe)
+            self._inputs_closed = False
+            self.plan = plan_merge(self.recipe, self.inputs)
+        live = self._resolve()
+        device_of = self._resident_device(live)
+        slots: dict[str, list[_Slot]] = {g: [] for g in self.groups}
+        with torch.no_grad():  # nothing is written to the targets here: an error leaves them as they were
+            for key, tensor in live.items():
+                slots[self.plan.group_of(key)].append(self._load_slot(key, tensor, device_of(tensor)))
+        self._slots = slots
+        self._close_inputs()  # everything needed is resident: release the files (Windows can then move them)
+
+    def _load_slot(self, key: str, tensor: torch.Tensor, device: torch.device) -> _Slot:
+        dtype = compute_dtype_for(tensor.dtype)
+        original = None
+        if self.base == "live":
+            base = tensor.detach().to(device=device, dtype=dtype, copy=True)
+        else:
+            base = self.inputs.a.tensor(key).to(device=device, dtype=dtype)
+            if not bits_equal(base.to(tensor.dtype), tensor.detach().to(device)):
+                original = tensor.detach().to(device=device, copy=True)
+        if self.recipe.method == WEIGHTED_SUM:
+            other = self.inputs.b.tensor(key).to(device=device, dtype=dtype)
+        else:
+            difference = self.inputs.b.tensor(key).float() - self.inputs.c.tensor(key).float()
+            other = difference.to(device=device, dtype=self.difference_dtype or dtype)
+        return _Slot(key, tensor.shape, base, other, original)
+
+    def close(self) -> None:
+        """Restore the originals, then free the resident copies (and the inputs the engine opened, if still open)."""
+        try:
+            if self.prepared:
+                self.restore()
+        finally:
+            self._slots, self._staging = {}, {}
+            self._close_inputs()
+
+    def _close_inputs(self) -> None:
+        if self._owns_inputs:
+            self.inputs.close()
+            self._inputs_closed = True
+
+    def __enter__(self) -> "InPlaceMerge":
+        self.prepare()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def resident(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{key: (A, B or D)} as held after prepare(); read-only, for diagnostics and benchmarks."""
+        return {slot.key: (slot.base, slot.other) for slots in self._slots.values() for slot in slots}
+
+    # --- switching ------------------------------------------------------------------------------------
+
+    @property
+    def applied(self) -> dict[str, float | None]:
+        """{group: ratio applied}; None where the originals are in place; NaN while a pass is unfinished."""
+        return {g: (math.nan if s is _DIRTY else s) for g, s in self._state.items()}
+
+    def applied_recipe(self) -> MergeRecipe | None:
+        """The recipe at the ratios now in the weights (for infotext); None while the originals are in place.
+
+        A group the host did not hand over (e.g. text encoders on a UNet-only host) stays A's: ratio 0.
+        """
+        ratios: dict[str, float] = {}
+        for group in self.recipe.group_ratios():
+            state = self._state.get(group)
+            if state is _DIRTY:
+                return None
+            if state is None and group in self.groups and not self._zero_is_original(group):
+                return None
+            ratios[group] = 0.0 if state is None else state
+        if all(self._state[g] is None for g in self.groups):
+            return None
+        return self.recipe.with_ratios(ratios["unet"], ratios["te"], ratios.get("vae"))
+
+    def apply(self, unet_ratio: float, te_ratio: float | None = None, vae_ratio: float | None = None, *,
+              force: bool = False) -> frozenset[str]:
+        """Write the merge at these ratios into the live tensors; returns the groups whose weights changed.
+
+        te_ratio / vae_ratio None follow unet_ratio, as in a recipe (the VAE only with include_vae). A group
+        already at its ratio is skipped unless `force`.
+        """
+        ratios = self.recipe.with_ratios(unet_ratio, te_ratio, vae_ratio).group_ratios()
+        self.prepare()
+        targets = self._resolve() if callable(self._targets) else self._targets
+        changed = set()
+        with torch.no_grad():
+            for group in self.groups:
+                ratio, state = ratios[group], self._state[group]
+                if not force and (state == ratio or (state is None and ratio == 0.0 and self._zero_is_original(group))):
+                    continue
+                self._state[group] = _DIRTY
+                self._write_group(group, ratio, targets)
+                self._state[group] = ratio
+                changed.add(group)
+        return frozenset(changed)
+
+    def apply_recipe(self, recipe: MergeRecipe, *, force: bool = False) -> frozenset[str]:
+        """apply() at a recipe's ratios; the recipe must be this merge (same method, models and VAE choice)."""
+        if (recipe.method, recipe.models, recipe.include_vae) != (self.recipe.method, self.recipe.models,
+                                                                  self.recipe.include_vae):
+            raise ValueError(f"recipe '{recipe.describe()}' is not the prepared merge '{self.recipe.describe()}'")
+        return self.apply(recipe.unet_ratio, recipe.te_ratio, recipe.vae_ratio, force=force)
+
+    def restore(self) -> frozenset[str]:
+        """Copy the original weights back, bit for bit, into every group not known to hold them."""
+        if not self.prepared:
+            return frozenset()
+        targets = self._resolve() if callable(self._targets) else self._targets
+        changed = set()
+        with torch.no_grad():
+            for group in self.groups:
+                if self._state[group] is None:
+                    continue
+                self._state[group] = _DIRTY
+                for slot in self._slots[group]:
+                    target = self._checked_target(targets, slot)
+                    target.copy_(slot.original if slot.original is not None else slot.base)
+                self._state[group] = None
+                changed.add(group)
+        return frozenset(changed)
+
+    # --- internals ------------------------------------------------------------------------------------
+
+    def _zero_is_original(self, group: str) -> bool:
+        """Ratio 0 writes A; when A is the bit copy of the originals, the originals already are ratio 0."""
+        return all(slot.original is None for slot in self._slots[group])
+
+    @staticmethod
+    def _checked_target(targets: Mapping[str, torch.Tensor], slot: _Slot) -> torch.Tensor:
+        target = targets[slot.key]
+        if target.shape != slot.shape:  # lerp(out=) would resize a parameter instead of failing
+            raise MergeTargetError(f"live tensor '{slot.key}' now has shape {list(target.shape)}, "
+                                   f"prepared for {list(slot.shape)}")
+        return target
+
+    def _write_group(self, group: str, ratio: float, targets: Mapping[str, torch.Tensor]) -> None:
+        """One pass over a group's parameters. The hot loop of a switch: keep it lean (≈ 1680 tensors, SDXL)."""
+        write = weighted_sum_into if self.recipe.method == WEIGHTED_SUM else add_difference_into
+        endpoint = ratio == 0.0 or (ratio == 1.0 and self.recipe.method == WEIGHTED_SUM)
+        for slot in self._slots[group]:
+            target = self._checked_target(targets, slot)
+            base = slot.base
+            if target.device == base.device and target.dtype == base.dtype:
+                write(target, base, slot.other, ratio)  # the fused pass, straight into the parameter
+            elif endpoint:
+                target.copy_(base if ratio == 0.0 else slot.other)  # copy_ moves and casts exactly
+            else:  # resident on the CPU, or float8 storage: compute beside the copies, then one copy_
+                buffer = self._staging_buffer(slot, target.device)
+                write(buffer, base, slot.other, ratio)
+                target.copy_(buffer)
+
+    def _staging_buffer(self, slot: _Slot, target_device: torch.device) -> torch.Tensor:
+        """One reusable buffer per (device, dtype), as large as the largest resident tensor there."""
+        device, dtype = slot.base.device, slot.base.dtype
+        buffer = self._staging.get((device, dtype))
+        if buffer is None:
+            size = max(s.base.numel() for slots in self._slots.values() for s in slots
+                       if s.base.device == device and s.base.dtype == dtype)
+            buffer = torch.empty(size, device=device, dtype=dtype)
+            if device.type == "cpu" and target_device.type == "cuda":
+                buffer = buffer.pin_memory()  # page-locked: the host → device copy runs at full PCIe speed
+            self._staging[(device, dtype)] = buffer
+        return buffer[:slot.base.numel()].view(slot.shape)
