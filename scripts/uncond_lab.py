@@ -19,7 +19,7 @@ class UncondLabScript(scripts.Script):
         return controls
 
     def process(self, p, *args):
-        common.start_run(p, common.settings_for(p, args))
+        common.start_run(p, args)
 
     def process_batch(self, p, *args, **kwargs):
         common.begin_batch(p)

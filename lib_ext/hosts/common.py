@@ -20,19 +20,27 @@ OVERRIDES_ATTR = "uncond_lab_overrides"  # settings an X/Y/Z axis (or the tab) p
 # --- settings --------------------------------------------------------------------------------------------
 
 def settings_for(p, script_args: Sequence[Any]) -> Settings:
-    """The validated settings of this generation: the UI/API args, then any X/Y/Z overrides on `p`.
+    """The validated settings of this generation: the UI/API args, then any X/Y/Z overrides on `p`."""
+    settings = Settings.from_script_args(script_args)
+    overrides = getattr(p, OVERRIDES_ATTR, None)
+    return settings.with_overrides(overrides) if overrides else settings
 
-    A bad value stops the generation with a message naming it; API callers get it as HTTP 422.
+
+def fail_generation(p, error: Exception) -> None:
+    """Stop this generation with `error` shown to the user (HTTP 422 for API callers).
+
+    Both WebUIs catch and only log exceptions raised in script hooks and callbacks, and the generation goes on.
+    So the error is raised where processing does not catch it: when the first batch builds its conds, before
+    any sampling.
     """
-    try:
-        settings = Settings.from_script_args(script_args)
-        overrides = getattr(p, OVERRIDES_ATTR, None)
-        return settings.with_overrides(overrides) if overrides else settings
-    except SettingsError as error:
-        if getattr(p, "is_api", False):
-            from fastapi import HTTPException
-            raise HTTPException(status_code=422, detail=str(error)) from error
-        raise
+    if getattr(p, "is_api", False):
+        from fastapi import HTTPException
+        error = HTTPException(status_code=422, detail=str(error))
+
+    def raise_error(*args, **kwargs):
+        raise error
+
+    p.setup_conds = raise_error
 
 
 def add_overrides(p, **values: Any) -> None:
@@ -77,9 +85,14 @@ def encode_null_uncond(p) -> Cond:
 
 # --- the generation --------------------------------------------------------------------------------------
 
-def start_run(p, settings: Settings) -> UncondRun | None:
+def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
     """Attach a fresh UncondRun to `p` (dropping any copied from another `p`), or none when disabled."""
     setattr(p, RUN_ATTR, None)
+    try:
+        settings = settings_for(p, script_args)
+    except SettingsError as error:
+        fail_generation(p, error)
+        return None
     if not settings.enabled:
         return None
     pooled_width = text_pooled_width(p.sd_model) if is_dict_cond_model(p.sd_model) else 0

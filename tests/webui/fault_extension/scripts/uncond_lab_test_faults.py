@@ -1,0 +1,45 @@
+"""Test-only WebUI extension: makes a generation fail or be interrupted in the middle of sampling.
+
+The integration tests install it beside Uncond Lab (never in a user's WebUI) to check that a generation that
+breaks mid-sampling leaves nothing behind. API: alwayson_scripts {"Uncond Lab test faults": {"args": [
+{"fail_at_call": N}]}} makes the UNet fail at the N-th denoiser call; {"interrupt_at_call": N} interrupts there.
+
+The WebUIs swallow exceptions raised in callbacks, so the failure is planted in the model call itself: a cond
+with a wrong width, which the UNet's cross-attention refuses.
+"""
+import gradio as gr
+from modules import script_callbacks, scripts, shared
+
+
+class UncondLabTestFaults(scripts.Script):
+    def title(self):
+        return "Uncond Lab test faults"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        # One hidden control, so the API has a slot for the plan dict.
+        return [gr.Textbox(visible=False, value="")]
+
+    def process(self, p, *args):
+        plan = args[0] if args and isinstance(args[0], dict) else {}
+        p.uncond_lab_test_faults = {"calls": 0, **plan} if plan else None
+
+
+def on_cfg_denoiser(params):
+    plan = getattr(getattr(params.denoiser, "p", None), "uncond_lab_test_faults", None)
+    if not plan:
+        return
+    plan["calls"] += 1
+    if plan["calls"] == plan.get("fail_at_call"):
+        cond = params.text_cond
+        if isinstance(cond, dict):
+            cond["crossattn"] = cond["crossattn"][..., :1]
+        else:
+            params.text_cond = cond[..., :1]
+    if plan["calls"] == plan.get("interrupt_at_call"):
+        shared.state.interrupt()
+
+
+script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="uncond_lab_test_faults")
