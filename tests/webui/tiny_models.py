@@ -26,6 +26,8 @@ Every tensor is drawn from its own generator seeded by (seed, key), so files are
 key's values do not depend on which other keys exist. `--zero-text-encoder` zeroes the token and position
 embeddings, every residual-branch output projection and the final LayerNorm bias of each text encoder: the
 residual stream then stays exactly 0, so every prompt (including "") encodes to exactly 0, pooled output too.
+In A1111 such a file needs the `emphasis` option set to "No norm", "Ignore" or "None": the default "Original"
+rescales the cond by old_mean / new_mean = 0 / 0 and the UNet then fails A1111's NaN check.
 
 Needs only torch (it writes the safetensors format itself); the CLIP tokenizer files come from the BPE table
 that the `clip` or `open_clip` package ships (k-diffusion depends on `clip`).
