@@ -51,9 +51,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _generate_models(python: str, models_dir: Path, hf_cache: Path, env: dict) -> None:
+def _generate_models(kind: str, python: str, models_dir: Path, hf_cache: Path, env: dict) -> None:
+    has_open_clip_config = any(hf_cache.glob("models--uncondlab--*"))
     for name, arguments in TINY_MODELS.items():
-        if (models_dir / f"{name}.safetensors").exists() and (models_dir / f"{name}.yaml").exists():
+        if kind == "reforge" and "sdxl" in arguments:
+            continue
+        files_exist = (models_dir / f"{name}.safetensors").exists() and (models_dir / f"{name}.yaml").exists()
+        if files_exist and (has_open_clip_config or "sdxl" not in arguments):
             continue
         subprocess.run([python, "-m", "tests.webui.tiny_models", "--out", str(models_dir), "--name", name,
                         "--hf-cache", str(hf_cache), *arguments], cwd=REPO, env=env, check=True)
@@ -67,16 +71,22 @@ def _link(target: Path, link: Path) -> None:
 
 
 def _wait_until_up(webui: WebUI, process: subprocess.Popen, log: Path, timeout: float = 600) -> None:
+    """Wait for the log, not the port: a request that reaches A1111 before it has added its API routes makes
+    that step fail ("Cannot add middleware after an application has started"). A1111 then loads its first
+    checkpoint in a background thread; switching checkpoints before that ends breaks later requests."""
     deadline = time.time() + timeout
+    ready = ("Startup time:", "Model loaded in") if webui.kind == "a1111" else ("Startup time:",)
     while time.time() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the WebUI exited with {process.returncode}; see {log}")
-        try:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if "failed to load" in text:
+            raise RuntimeError(f"the WebUI's first checkpoint failed to load; see {log}")
+        if all(marker in text for marker in ready):
             webui.get("/sdapi/v1/sd-models")
             return
-        except (OSError, ApiError):
-            time.sleep(2)
-    raise RuntimeError(f"the WebUI did not answer within {timeout:.0f} s; see {log}")
+        time.sleep(1)
+    raise RuntimeError(f"the WebUI was not ready within {timeout:.0f} s; see {log}")
 
 
 def _start_webui(webui_dir: Path, data_dir: Path):
@@ -86,7 +96,7 @@ def _start_webui(webui_dir: Path, data_dir: Path):
     hf_cache = models_dir / "hf-hub-cache"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
            "HF_HUB_CACHE": str(hf_cache)}
-    _generate_models(python, models_dir, hf_cache, env)
+    _generate_models(kind, python, models_dir, hf_cache, env)
 
     _link(REPO, data_dir / "extensions" / "uncond-lab")
     _link(REPO / "tests" / "webui" / "fault_extension", data_dir / "extensions" / "uncond-lab-test-faults")
