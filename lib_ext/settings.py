@@ -10,6 +10,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
+from lib_ext.merge.recipe import METHOD_LABELS as MERGE_METHOD_LABELS
+from lib_ext.merge.recipe import RATIO_RANGE as MERGE_RATIO_RANGE
+
 
 class SettingsError(ValueError):
     """A setting is unknown or out of range; the message names it and says what is allowed."""
@@ -50,9 +53,12 @@ def _as_choice(name: str, value: Any, choices: Mapping[str, str]) -> str:
     raise SettingsError(f"Uncond Lab: '{name}' must be one of {allowed}, got {value!r}")
 
 
-def _setting(default: Any, label: str, parse: Callable[[str, Any], Any], infotext: bool = True):
-    """A dataclass field that also carries its UI label (= infotext key) and its parser."""
-    return dataclasses.field(default=default, metadata={"label": label, "parse": parse, "infotext": infotext})
+def _setting(default: Any, label: str, parse: Callable[[str, Any], Any], infotext: bool = True,
+             feature: str = "uncond"):
+    """A dataclass field that also carries its UI label (= infotext key), its parser and the feature it belongs to
+    (pasting an uncond key enables the uncond accordion; a merge key must not)."""
+    return dataclasses.field(default=default,
+                             metadata={"label": label, "parse": parse, "infotext": infotext, "feature": feature})
 
 
 def _fraction(name: str, value: Any) -> float:
@@ -65,6 +71,55 @@ _HIRES_SPELLINGS = {**{k: k for k in HIRES_MODES}, **{label.lower(): k for k, la
 
 def _hires_mode(name: str, value: Any) -> str:
     return _as_choice(name, value, _HIRES_SPELLINGS)
+
+
+# --- merge settings: the partner is named as the WebUI lists checkpoints ("" = no merge); resolving the name to
+# --- a file is the host's job (lib_ext/hosts), the ratios use the merge engine's range.
+
+NO_MERGE_SPELLINGS = ("", "none")
+TE_FOLLOWS_SPELLINGS = ("", "follow", "follows", "same", "none", "null")
+_MAX_CHECKPOINT_NAME = 1000
+
+
+def _checkpoint_name(name: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > _MAX_CHECKPOINT_NAME or any(ord(ch) < 32 for ch in value):
+        raise SettingsError(f"Uncond Lab: '{name}' must be a checkpoint name as the WebUI lists it "
+                            f"(or \"\" for none), got {value!r:.200}")
+    value = value.strip()
+    return "" if value.lower() in NO_MERGE_SPELLINGS else value
+
+
+def _merge_method(name: str, value: Any) -> str:
+    return _as_choice(name, value, {**{m: m for m in MERGE_METHOD_LABELS},
+                                    **{label.lower(): m for m, label in MERGE_METHOD_LABELS.items()}})
+
+
+def _merge_ratio(name: str, value: Any) -> float:
+    return _as_float(name, value, *MERGE_RATIO_RANGE)
+
+
+def _merge_te_ratio(name: str, value: Any) -> float | None:
+    """None (or "follow") = the text encoders take the UNet's ratio."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in TE_FOLLOWS_SPELLINGS):
+        return None
+    try:
+        return _merge_ratio(name, value)
+    except SettingsError:
+        low, high = MERGE_RATIO_RANGE
+        raise SettingsError(f"Uncond Lab: '{name}' must be a number in [{low:g}, {high:g}] or \"follow\" "
+                            f"(= the UNet's ratio), got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class MergeRequest:
+    """What a generation asks to merge into the loaded model (model A), by checkpoint names; see lib_ext.merge."""
+    method: str
+    model_b: str
+    model_c: str | None
+    unet_ratio: float
+    te_ratio: float | None  # None: follows unet_ratio
 
 
 @dataclass(frozen=True)
@@ -85,12 +140,21 @@ class Settings:
     hr_zero_weight: float = _setting(0.0, "Uncond hires zero weight", _fraction)
     hr_start: float = _setting(0.0, "Uncond hires start", _fraction)
     hr_end: float = _setting(1.0, "Uncond hires end", _fraction)
+    # Merge, applied in memory for this generation; independent of `enabled` (which is the uncond control).
+    merge_model: str = _setting("", "Merge model B", _checkpoint_name, feature="merge")
+    merge_method: str = _setting("weighted_sum", "Merge method", _merge_method, feature="merge")
+    merge_model_c: str = _setting("", "Merge model C", _checkpoint_name, feature="merge")
+    merge_ratio: float = _setting(0.5, "Merge ratio", _merge_ratio, feature="merge")
+    merge_te_ratio: float | None = _setting(None, "Merge TE ratio", _merge_te_ratio, feature="merge")
 
     def __post_init__(self):
         for prefix in ("", "hr_"):
             start, end = getattr(self, prefix + "start"), getattr(self, prefix + "end")
             if start > end:
                 raise SettingsError(f"Uncond Lab: '{prefix}start' ({start:g}) must not be after '{prefix}end' ({end:g})")
+        if self.merge_model and self.merge_method == "add_difference" and not self.merge_model_c:
+            raise SettingsError("Uncond Lab: 'merge_model_c' is needed for merge_method add_difference "
+                                "(A + r·(B − C)); name model C or use weighted_sum")
 
     # --- construction ---------------------------------------------------------------------------------
 
@@ -133,6 +197,14 @@ class Settings:
             return UncondSchedule(self.hr_zero_weight, self.hr_start, self.hr_end)
         return None
 
+    def merge_request(self) -> MergeRequest | None:
+        """The merge this generation asks for, or None. Model C is ignored by a weighted sum (the UI keeps its
+        dropdown's value when the method changes)."""
+        if not self.merge_model:
+            return None
+        model_c = self.merge_model_c if self.merge_method == "add_difference" else None
+        return MergeRequest(self.merge_method, self.merge_model, model_c, self.merge_ratio, self.merge_te_ratio)
+
     # --- infotext -------------------------------------------------------------------------------------
 
     def infotext(self, has_hires: bool = False) -> dict[str, Any]:
@@ -146,13 +218,27 @@ class Settings:
                 names += ["hr_zero_weight", "hr_start", "hr_end"]
         return {FIELD_BY_NAME[n].metadata["label"]: getattr(self, n) for n in names}
 
+    def merge_infotext(self) -> dict[str, Any]:
+        """Infotext entries of the merge settings; empty without a merge. The host writes the model names as the
+        WebUI lists them (with their short hashes) by resolving them first."""
+        request = self.merge_request()
+        if request is None:
+            return {}
+        text = {_label("merge_model"): request.model_b, _label("merge_method"): MERGE_METHOD_LABELS[request.method]}
+        if request.model_c is not None:
+            text[_label("merge_model_c")] = request.model_c
+        text[_label("merge_ratio")] = request.unet_ratio
+        if request.te_ratio is not None:
+            text[_label("merge_te_ratio")] = request.te_ratio
+        return text
+
     @staticmethod
     def infotext_to_ui(params: Mapping[str, Any]) -> dict[str, Any]:
         """Pasted infotext → {setting name: UI value} for the keys present and valid; enabled if any is.
 
         Lenient on purpose: a hand-edited or foreign infotext must not break pasting, so a bad value is skipped.
         """
-        found = {}
+        found, uncond_found = {}, False
         for field in FIELDS:
             label, parse = field.metadata["label"], field.metadata["parse"]
             if not field.metadata["infotext"] or label not in params:
@@ -162,7 +248,8 @@ class Settings:
             except SettingsError:
                 continue
             found[field.name] = HIRES_MODES[value] if field.name == "hr_mode" else value
-        if found:
+            uncond_found = uncond_found or field.metadata["feature"] == "uncond"
+        if uncond_found:
             found["enabled"] = True
         return found
 
@@ -170,3 +257,7 @@ class Settings:
 # The order of the dataclass fields is the order of the UI's controls (see the module docstring).
 FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(Settings)
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
+
+
+def _label(name: str) -> str:
+    return FIELD_BY_NAME[name].metadata["label"]

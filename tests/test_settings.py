@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from lib_ext.settings import FIELDS, HIRES_MODES, Settings, SettingsError, UncondSchedule
+from lib_ext.settings import FIELDS, HIRES_MODES, MergeRequest, Settings, SettingsError, UncondSchedule
 
 
 def test_defaults_fill_missing_keys():
@@ -101,3 +101,82 @@ def test_frozen():
     with pytest.raises(Exception):
         Settings().zero_weight = 1  # type: ignore[misc]
     assert math.isclose(Settings().end, 1.0)
+
+
+# --- merge settings ---------------------------------------------------------------------------------------
+
+def test_merge_fields_are_appended_after_the_uncond_fields():
+    names = [f.name for f in FIELDS]
+    assert names[:8] == ["enabled", "zero_weight", "start", "end", "hr_mode", "hr_zero_weight", "hr_start", "hr_end"]
+    merge = ["merge_model", "merge_method", "merge_model_c", "merge_ratio", "merge_te_ratio"]
+    assert names[names.index("merge_model"):names.index("merge_model") + 5] == merge
+
+
+def test_no_merge_by_default_and_for_none_spellings():
+    assert Settings().merge_request() is None
+    for none in ("", "None", " none ", None):
+        assert Settings.from_dict({"merge_model": none}).merge_request() is None
+
+
+def test_merge_is_independent_of_the_uncond_switch():
+    request = Settings.from_dict({"merge_model": "b.safetensors [0123456789]", "merge_ratio": 0.3}).merge_request()
+    assert request == MergeRequest("weighted_sum", "b.safetensors [0123456789]", None, 0.3, None)
+    assert Settings.from_dict({"merge_model": "b", "merge_ratio": 1}).schedule(hires=False) is None
+
+
+def test_merge_method_spellings_and_te_ratio_follow():
+    s = Settings.from_dict({"merge_model": "b", "merge_method": "Add difference", "merge_model_c": "c",
+                            "merge_te_ratio": "0"})
+    assert s.merge_request() == MergeRequest("add_difference", "b", "c", 0.5, 0.0)
+    for follow in (None, "follow", " Follow ", ""):
+        assert Settings.from_dict({"merge_te_ratio": follow}).merge_te_ratio is None
+
+
+def test_weighted_sum_ignores_a_leftover_model_c():
+    assert Settings.from_dict({"merge_model": "b", "merge_model_c": "c"}).merge_request().model_c is None
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    ({"merge_model": "b", "merge_method": "add_difference"}, "'merge_model_c' is needed for merge_method add_difference"),
+    ({"merge_method": "average"}, "'merge_method' must be one of add_difference, weighted_sum, got 'average'"),
+    ({"merge_ratio": 2.5}, "'merge_ratio' must be a number in [-1, 2], got 2.5"),
+    ({"merge_ratio": float("nan")}, "'merge_ratio'"),
+    ({"merge_ratio": None}, "'merge_ratio'"),
+    ({"merge_ratio": "50%"}, "got '50%'"),
+    ({"merge_te_ratio": "half"}, "'merge_te_ratio' must be a number in [-1, 2] or \"follow\""),
+    ({"merge_te_ratio": True}, "'merge_te_ratio'"),
+    ({"merge_model": 3}, "'merge_model' must be a checkpoint name"),
+    ({"merge_model": "b\n.safetensors"}, "'merge_model' must be a checkpoint name"),
+    ({"merge_model": "x" * 5000}, "'merge_model' must be a checkpoint name"),
+    ({"merge_model_c": ["c"]}, "'merge_model_c'"),
+])
+def test_bad_merge_values_are_refused(bad, fragment):
+    with pytest.raises(SettingsError) as error:
+        Settings.from_dict(bad)
+    assert fragment in str(error.value)
+    assert len(str(error.value)) < 400  # a hostile name is not echoed in full
+
+
+def test_merge_infotext_and_paste_round_trip():
+    s = Settings.from_dict({"merge_model": "b.safetensors [0123456789]", "merge_method": "add_difference",
+                            "merge_model_c": "c.safetensors", "merge_ratio": 0.25, "merge_te_ratio": 0})
+    text = s.merge_infotext()
+    assert text == {"Merge model B": "b.safetensors [0123456789]", "Merge method": "Add difference",
+                    "Merge model C": "c.safetensors", "Merge ratio": 0.25, "Merge TE ratio": 0.0}
+    assert s.infotext() == {}  # the uncond keys still depend on `enabled` only
+    ui = Settings.infotext_to_ui({k: str(v) for k, v in text.items()})
+    assert "enabled" not in ui  # pasting a merge must not switch the uncond control on
+    assert Settings.from_dict(ui).merge_request() == s.merge_request()
+
+
+def test_merge_infotext_omits_what_is_not_used():
+    text = Settings.from_dict({"merge_model": "b", "merge_model_c": "c", "merge_ratio": 1}).merge_infotext()
+    assert set(text) == {"Merge model B", "Merge method", "Merge ratio"}  # weighted sum: no C; TE follows
+    assert Settings(enabled=True).merge_infotext() == {}
+
+
+def test_merge_overrides_from_axes_are_validated():
+    s = Settings.from_dict({"merge_model": "b"})
+    assert s.with_overrides({"merge_ratio": 1.0}).merge_request().unet_ratio == 1.0
+    with pytest.raises(SettingsError):
+        s.with_overrides({"merge_ratio": 3})
