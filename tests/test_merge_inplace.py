@@ -381,3 +381,19 @@ def test_integer_buffer_of_a_merged_group_is_left_alone(tmp_path):
         merge.apply(1.0)
         assert torch.equal(model[index], torch.arange(4))
         assert_model_equals(model, B, merged_keys(live_model()))
+
+
+def test_forget_leaves_a_group_the_host_reloaded(paths):
+    # A1111 reloading the VAE (or all weights) into the same model object: restoring A's copies over the newly
+    # loaded weights would undo the user's choice, so the host forgets those groups and closes.
+    model = live_model()
+    merge = InPlaceMerge(ws(paths, include_vae=True), model)
+    merge.apply(0.5)
+    reloaded = {k: torch.full_like(model[k], 3.0) for k in merged_keys(model, "vae")}
+    for key, value in reloaded.items():
+        model[key].data.copy_(value)
+    merge.forget(["vae", "not-a-group"])
+    assert merge.applied["vae"] is None
+    merge.close()
+    assert_model_equals(model, A, merged_keys(model))  # UNet and text encoders restored
+    assert_model_equals(model, reloaded, list(reloaded))  # the reloaded VAE left alone

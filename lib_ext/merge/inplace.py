@@ -349,6 +349,14 @@ class InPlaceMerge:
                 changed.add(group)
         return frozenset(changed)
 
+    def forget(self, groups: Iterable[str]) -> None:
+        """The host has overwritten these groups itself (it reloaded their weights from a file): count them as
+        holding the originals without writing anything, so that restore() and close() leave its new weights
+        alone. The resident copies of A no longer describe those groups: close() next."""
+        for group in groups:
+            if group in self._state:
+                self._state[group] = None
+
     # --- internals ------------------------------------------------------------------------------------
 
     def _zero_is_original(self, group: str) -> bool:
