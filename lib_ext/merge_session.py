@@ -1,0 +1,247 @@
+"""One in-place merge kept on the loaded model across generations: a sweep costs one weight update per distinct
+ratio, and the original weights come back, bit for bit, as soon as a generation does not ask for that merge.
+
+Why lazily: X/Y/Z cells are separate generations on copies of `p`, `postprocess` is skipped when a generation
+raises, and neither WebUI has an end-of-job event. So every generation states what it wants before it encodes
+or samples anything (`MergeSessions.sync`, from the script's `process()`), and the weights are made to hold
+exactly that:
+
+    no merge wanted           the session's groups restored (bit-exact copies), its resident copies freed
+    the same merge            only the groups whose ratio changed are rewritten; nothing when none did
+    another merge, or model   the old session closed (restored, freed), a new one prepared
+
+A sweep that owns its loop (the tab) calls `MergeSessions.close()` in a `finally`; a model load calls it too.
+Someone else writing the weights (A1111 reloading the VAE or the whole checkpoint into the same model object)
+is noticed by a fingerprint of each group's values: those groups are `forget`-ten, not restored over the new
+weights, and the next merge is prepared from what is loaded then.
+
+The host supplies a `SessionHost` (lib_ext/hosts): the live tensors by checkpoint key, and what has to happen
+around a write (A1111: put the Lora extension's clean weights back first; reset its caches, float8 caches and
+the cond caches after).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Hashable, Iterable, Mapping, Protocol
+
+import torch
+
+from lib_ext.merge.inplace import InPlaceMerge
+from lib_ext.merge.keys import GROUP_LABELS
+from lib_ext.merge.recipe import MergeRecipe
+
+FINGERPRINT_TENSORS = 3     # per group: first, middle and last key
+FINGERPRINT_ELEMENTS = 32   # per tensor, evenly strided
+
+
+class SessionHost(Protocol):
+    def targets(self) -> Mapping[str, torch.Tensor]:
+        """The live tensors by checkpoint key (resolved at every call: modules may have moved)."""
+
+    def clean_values(self, keys: Iterable[str]) -> Mapping[str, torch.Tensor]:
+        """Those keys' values without what the host layers on top (A1111: the Lora backup where one is baked in)."""
+
+    def before_write(self, groups: frozenset[str]) -> None:
+        """Make the live tensors of these groups hold their clean values (A1111: un-bake a LoRA)."""
+
+    def after_write(self, ratios: Mapping[str, float | None]) -> None:
+        """These groups were just written ({group: ratio}, None = the originals): drop what caches their values."""
+
+    def alive(self) -> bool:
+        """Whether the model is still loaded (a session of an unloaded model is dropped, not restored)."""
+
+    def close(self) -> None:
+        """Release what the host kept for this session."""
+
+
+@dataclass(frozen=True)
+class MergeUpdate:
+    """One write to the weights (or the one-time preparation), for the console log and tests."""
+    kind: str                               # "prepared", "applied" or "restored"
+    ratios: Mapping[str, float | None]      # the groups written: {group: ratio}, None = the originals
+    seconds: float
+    unet_ratio: float | None = None
+    detail: str = ""
+
+    def message(self) -> str:
+        groups = ", ".join(f"{GROUP_LABELS[g]} {'original' if r is None else format(r, 'g')}"
+                           for g, r in self.ratios.items())
+        if self.kind == "applied":
+            return f"Uncond Lab: merge ratio {self.unet_ratio:g} applied in {self.seconds:.2f} s ({groups})"
+        if self.kind == "restored":
+            return f"Uncond Lab: merge restored in {self.seconds:.2f} s ({groups})"
+        return f"Uncond Lab: merge prepared in {self.seconds:.2f} s ({self.detail})"
+
+
+def fingerprint(values: Mapping[str, torch.Tensor], keys: Iterable[str]) -> tuple:
+    """A few evenly spaced elements of each tensor, as raw bits (plus dtype and shape): changes when a file is
+    loaded over the tensor, costs a few small copies."""
+    prints = []
+    for key in keys:
+        tensor = values[key].detach()
+        flat = tensor.reshape(-1)
+        step = max(1, flat.numel() // FINGERPRINT_ELEMENTS)
+        sample = flat[::step][:FINGERPRINT_ELEMENTS].to("cpu").contiguous()
+        prints.append((key, str(tensor.dtype), tuple(tensor.shape), bytes(sample.view(torch.uint8).tolist())))
+    return tuple(prints)
+
+
+def pending_groups(merge: InPlaceMerge, recipe: MergeRecipe) -> frozenset[str]:
+    """The groups apply_recipe(recipe) will rewrite (same rule as the engine: ratio 0 is the originals)."""
+    ratios, applied = recipe.group_ratios(), merge.applied
+    return frozenset(g for g in merge.groups
+                     if not (applied[g] == ratios[g] or (applied[g] is None and ratios[g] == 0.0)))
+
+
+class MergeSession:
+    """An InPlaceMerge bound to one loaded model, with the host's hooks and the fingerprints of what it wrote."""
+
+    def __init__(self, key: Hashable, recipe: MergeRecipe, host: SessionHost, *, placement: str = "auto",
+                 merge_factory: Callable[..., InPlaceMerge] = InPlaceMerge):
+        self.key, self.host = key, host
+        self.merge = merge_factory(recipe, host.targets, placement=placement)
+        self._prints: dict[str, tuple] = {}
+        self._print_keys: dict[str, list[str]] = {}
+
+    # --- fingerprints ---------------------------------------------------------------------------------
+
+    def _fingerprints(self) -> dict[str, tuple]:
+        values = self.host.clean_values([k for keys in self._print_keys.values() for k in keys])
+        return {g: fingerprint(values, keys) for g, keys in self._print_keys.items()}
+
+    def overwritten(self) -> frozenset[str]:
+        """Groups whose values someone else changed since this session last wrote them."""
+        if not self._prints:
+            return frozenset()
+        now = self._fingerprints()
+        return frozenset(g for g, prints in self._prints.items() if now[g] != prints)
+
+    def _after_write(self, groups: frozenset[str]) -> None:
+        applied = self.merge.applied
+        self.host.after_write({g: applied[g] for g in self.merge.groups if g in groups})
+        self._prints = self._fingerprints()
+
+    # --- writes ---------------------------------------------------------------------------------------
+
+    def apply(self, recipe: MergeRecipe) -> list[MergeUpdate]:
+        """Make the weights hold `recipe` (this session's merge at some ratios); [] when they already do."""
+        pending = pending_groups(self.merge, recipe)
+        if not pending:
+            return []
+        updates = []
+        if not self.merge.prepared:
+            start = time.perf_counter()
+            self.host.before_write(frozenset(self.merge.groups))  # A = the live weights: they must be clean
+            self.merge.prepare()
+            plan = self.merge.plan
+            self._print_keys = {g: _spread(plan.keys_of(g)) for g in self.merge.groups}
+            resident = sum(a.nbytes + b.nbytes for a, b in self.merge.resident().values())
+            devices = sorted({str(a.device) for a, _ in self.merge.resident().values()})
+            updates.append(MergeUpdate("prepared", {}, time.perf_counter() - start,
+                                       detail=f"{resident / 1e9:.2f} GB resident on {', '.join(devices)}"))
+        else:
+            self.host.before_write(pending)
+        start = time.perf_counter()
+        try:
+            self.merge.apply_recipe(recipe)
+        finally:
+            self._after_write(pending)  # also after a failure: a half-written group must not stay cached
+        applied = self.merge.applied
+        updates.append(MergeUpdate("applied", {g: applied[g] for g in self.merge.groups if g in pending},
+                                   time.perf_counter() - start, unet_ratio=recipe.unet_ratio))
+        return updates
+
+    def restore(self) -> list[MergeUpdate]:
+        """Put the original weights back, bit for bit, where this session changed them."""
+        if not self.merge.prepared:
+            return []
+        changed = frozenset(g for g, ratio in self.merge.applied.items() if ratio is not None)
+        if not changed:
+            return []
+        start = time.perf_counter()
+        self.host.before_write(changed)
+        try:
+            self.merge.restore()
+        finally:
+            self._after_write(changed)
+        return [MergeUpdate("restored", {g: None for g in self.merge.groups if g in changed},
+                            time.perf_counter() - start)]
+
+    def close(self) -> list[MergeUpdate]:
+        """Restore what this session changed (except groups someone else has reloaded since), free the copies."""
+        try:
+            if not self.host.alive():
+                self.merge.forget(self.merge.groups)  # the model is gone: nothing to restore into
+                return []
+            self.merge.forget(self.overwritten())
+            return self.restore()
+        finally:
+            self.merge.close()
+            self.host.close()
+
+
+def _spread(keys: list[str]) -> list[str]:
+    """First, middle and last key."""
+    if len(keys) <= FINGERPRINT_TENSORS:
+        return list(keys)
+    return [keys[0], keys[len(keys) // 2], keys[-1]]
+
+
+class MergeSessions:
+    """At most one MergeSession at a time (one merge's resident copies), kept from one generation to the next.
+
+    One instance per WebUI process, owned by the host module: it holds the resident copies between generations,
+    nothing per generation.
+    """
+
+    def __init__(self, log: Callable[[str], None] = print):
+        self.current: MergeSession | None = None
+        self.log = log
+
+    def sync(self, key: Hashable | None, recipe: MergeRecipe | None, make_host: Callable[[], SessionHost], *,
+             placement: str = "auto") -> list[MergeUpdate]:
+        """Make the weights hold `recipe` (key: what identifies the model and the merge's inputs), or the
+        originals when `recipe` is None. On any failure the session is closed (weights restored) and the error
+        re-raised."""
+        updates: list[MergeUpdate] = []
+        try:
+            session = self.current
+            if session is not None and (recipe is None or session.key != key or not session.host.alive()
+                                        or session.overwritten()):
+                updates += self.close(log=False)
+            if recipe is not None:
+                if self.current is None and any(r != 0.0 for r in recipe.group_ratios().values()):
+                    # Ratio 0 everywhere is model A as loaded: no copies are read until a ratio needs them.
+                    self.current = MergeSession(key, recipe, make_host(), placement=placement)
+                if self.current is not None:
+                    updates += self.current.apply(recipe)
+        except BaseException:
+            updates += self._close_after_error()
+            raise
+        finally:
+            for update in updates:
+                self.log(update.message())
+        return updates
+
+    def _close_after_error(self) -> list[MergeUpdate]:
+        try:
+            return self.close(log=False)
+        except Exception as error:  # the first error is the one to report; the copies are dropped either way
+            self.log(f"Uncond Lab: merge could not be restored after an error: {error}")
+            return []
+
+    def close(self, log: bool = True) -> list[MergeUpdate]:
+        """Restore and free the current session, if any (end of a sweep, a model load, a UI reload)."""
+        session, self.current = self.current, None
+        if session is None:
+            return []
+        updates = session.close()
+        if log:
+            for update in updates:
+                self.log(update.message())
+        return updates
+
+    def applied_ratios(self) -> dict[str, float | None]:
+        """{group: ratio} now in the weights; {} without a session."""
+        return dict(self.current.merge.applied) if self.current is not None else {}
