@@ -32,4 +32,6 @@ class UncondLabScript(scripts.Script):
 
 
 script_callbacks.on_cfg_denoiser(common.on_cfg_denoiser, name="uncond_lab")
-script_callbacks.on_before_ui(lambda: common.register_xyz_axes(common.uncond_axes), name="uncond_lab_xyz")
+script_callbacks.on_before_ui(lambda: common.register_xyz_axes(common.all_axes), name="uncond_lab_xyz")
+script_callbacks.on_model_loaded(common.merge_model_loaded, name="uncond_lab_merge")
+script_callbacks.on_script_unloaded(common.release_merge, name="uncond_lab_merge")

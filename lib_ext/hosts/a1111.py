@@ -1,9 +1,14 @@
 """What only AUTOMATIC1111 1.10 needs. Same names as `reforge.py`: compare the two to see every difference."""
 from __future__ import annotations
 
-import torch
-from modules import sd_samplers_timesteps
+import weakref
 
+import torch
+from modules import processing, sd_models, sd_samplers_timesteps
+
+from lib_ext import merge_live
+from lib_ext.merge import MergeTargetError
+from lib_ext.merge_session import MergeSessions
 from lib_ext.uncond import discrete_percent_to_sigma
 
 # A1111 evaluates the uncond even at CFG 1 (it just cancels out); reForge skips it.
@@ -33,3 +38,121 @@ def percent_to_sigma(denoiser, percent: float) -> float:
     if sigmas is None:  # DDIM/PLMS/UniPC wrap the model without a sigma table
         sigmas = _sigmas_from_alphas(denoiser.p.sd_model.alphas_cumprod)
     return discrete_percent_to_sigma(percent, sigmas)
+
+
+# --- merge: A1111 has no patch system, so the merge is written into the loaded weights ---------------------
+# One MergeSessions keeps the resident copies between generations (lib_ext/merge_session.py says why and when
+# they are restored); _ModelHost is what A1111 needs around each write (lib_ext/merge_live.py).
+
+MERGE_SESSIONS = MergeSessions(log=lambda line: print(line, flush=True))
+
+
+def _checkpoint_keys(path: str) -> frozenset[str]:
+    """The tensor names of a checkpoint (header only)."""
+    from safetensors import safe_open
+    with safe_open(path, framework="pt", device="cpu") as file:
+        return frozenset(file.keys())
+
+
+def invalidate_cond_caches(p=None) -> None:
+    """Drop the WebUI's cached conds (their key ignores weights, A processing.py:440-458): the text encoders
+    changed. The caches are class-level lists shared by every `p`; a `p` may hold an older list."""
+    lists = [getattr(owner, name, None)
+             for owner in (processing.StableDiffusionProcessing, processing.StableDiffusionProcessingTxt2Img)
+             for name in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc")]
+    if p is not None:
+        lists += [getattr(p, name, None) for name in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc")]
+    for cache in lists:
+        if isinstance(cache, list) and cache:
+            cache[0] = None
+
+
+class _ModelHost:
+    """lib_ext.merge_session.SessionHost for A1111's loaded model. Holds the model weakly: a session must not keep
+    an unloaded model alive. Live tensors are looked up again at every call (--medvram/--lowvram move modules)."""
+
+    def __init__(self, sd_model, keys: frozenset[str]):
+        self._model = weakref.ref(sd_model)
+        self._keys = keys
+        self._fp16 = merge_live.Fp16Caches()
+
+    def _sd_model(self):
+        model = self._model()
+        if model is None:
+            raise MergeTargetError("the model this merge was prepared for has been unloaded")
+        return model
+
+    def targets(self):
+        return merge_live.write_targets(merge_live.live_tensors(self._sd_model(), self._keys))
+
+    def clean_values(self, keys):
+        live = merge_live.live_tensors(self._sd_model(), frozenset(keys))
+        return {key: merge_live.clean_value(live[key]) for key in keys}
+
+    def before_write(self, groups):
+        modules = merge_live.modules_by_group(self._sd_model(), groups)
+        merge_live.unbake_lora(m for group in modules.values() for m in group)
+
+    def after_write(self, ratios):
+        modules = merge_live.modules_by_group(self._sd_model(), ratios)
+        for group, ratio in ratios.items():
+            merge_live.reset_lora_caches(modules[group])  # Lora bakes again, on top of what is there now
+            if ratio is None:
+                self._fp16.put_back(modules[group])
+            else:
+                self._fp16.set_aside(modules[group])
+        if "te" in ratios:
+            invalidate_cond_caches()
+
+    def alive(self) -> bool:
+        model = self._model()
+        return model is not None and any(m is model for m in sd_models.model_data.loaded_sd_models)
+
+    def close(self) -> None:
+        if self._model() is not None:
+            self._fp16.put_back()
+
+
+def sync_merge(p, resolved) -> None:
+    """process(): the weights hold this generation's merge (resolved), or the originals (None)."""
+    sd_model = p.sd_model
+    if resolved is None:
+        MERGE_SESSIONS.sync(None, None, lambda: None)
+        return
+    recipe = resolved.recipe
+    placement = "cpu" if getattr(sd_model, "lowvram", False) else "auto"  # --medvram/--lowvram: keep VRAM free
+    updates = MERGE_SESSIONS.sync(resolved.key, recipe,
+                                  lambda: _ModelHost(sd_model, _checkpoint_keys(recipe.model_a)), placement=placement)
+    if any(update.kind != "prepared" and "te" in update.ratios for update in updates):
+        invalidate_cond_caches(p)
+
+
+def merge_batch(p) -> None:
+    """process_batch: nothing; the weights were written in process()."""
+
+
+def merge_sampling(p) -> None:
+    """process_before_every_sampling: nothing; the weights were written in process()."""
+
+
+def merge_done(p) -> None:
+    """postprocess: nothing; the next generation restores lazily (postprocess is skipped after errors)."""
+
+
+def release_merge() -> None:
+    MERGE_SESSIONS.close()
+
+
+def merge_model_loaded(sd_model) -> None:
+    """on_model_loaded (a checkpoint or VAE loaded, possibly into the same object): restore what is still ours
+    (the session's fingerprints tell), free the copies."""
+    MERGE_SESSIONS.close()
+
+
+def merge_status() -> dict:
+    session = MERGE_SESSIONS.current
+    if session is None:
+        return {"applied": {}, "resident_bytes": 0}
+    resident = sum(a.nbytes + b.nbytes for a, b in session.merge.resident().values())
+    return {"applied": session.merge.applied, "resident_bytes": resident,
+            "recipe": session.merge.recipe.to_dict()}

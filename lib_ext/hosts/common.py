@@ -1,14 +1,21 @@
-"""Glue that A1111 1.10 and reForge share: settings from script args, te(""), the per-call hook, X/Y/Z axes."""
+"""Glue that A1111 1.10 and reForge share: settings from script args, te(""), the per-call hook, the merge's
+checkpoint names and infotext, X/Y/Z axes."""
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-from modules import devices, prompt_parser, scripts, shared
+from modules import devices, prompt_parser, scripts, sd_models, sd_vae, shared
 
 from lib_ext.hosts import host
-from lib_ext.settings import Settings, SettingsError
+from lib_ext.merge import MergeRecipe
+from lib_ext.merge.keys import VAE, classify_key
+from lib_ext.merge.recipe import RATIO_RANGE
+from lib_ext.merge.save import default_merge_name
+from lib_ext.settings import MergeRequest, Settings, SettingsError
 from lib_ext.uncond import Cond, UncondRun
 
 log = logging.getLogger("uncond_lab")
@@ -86,12 +93,15 @@ def encode_null_uncond(p) -> Cond:
 # --- the generation --------------------------------------------------------------------------------------
 
 def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
-    """Attach a fresh UncondRun to `p` (dropping any copied from another `p`), or none when disabled."""
+    """Bring the weights to this generation's merge (or back to the originals), and attach a fresh UncondRun
+    to `p` (dropping any copied from another `p`), or none when the uncond control is off."""
     setattr(p, RUN_ATTR, None)
     try:
         settings = settings_for(p, script_args)
     except SettingsError as error:
         fail_generation(p, error)
+        return None
+    if not start_merge(p, settings):
         return None
     if not settings.enabled:
         return None
@@ -110,12 +120,14 @@ def current_run(p) -> UncondRun | None:
 
 def begin_batch(p) -> None:
     """Once per batch, after LoRA/TI activation and before the WebUI encodes its conds."""
+    host.merge_batch(p)  # first: te("") below must see the merged text encoders
     run = current_run(p)
     if run is not None:
         run.begin_batch(encode_null_uncond(p) if is_dict_cond_model(p.sd_model) else None)
 
 
 def begin_pass(p) -> None:
+    host.merge_sampling(p)
     run = current_run(p)
     if run is not None:
         run.begin_pass(hires=bool(getattr(p, "is_hr_pass", False)))
@@ -123,6 +135,129 @@ def begin_pass(p) -> None:
 
 def end_run(p) -> None:
     setattr(p, RUN_ATTR, None)
+    host.merge_done(p)
+
+
+# --- merge: checkpoint names, the recipe of this generation, infotext ------------------------------------
+
+MERGE_ATTR = "uncond_lab_merge"  # the ResolvedMerge of the generation that `p` is (None: no merge)
+MERGE_INFOTEXT_KEYS = ("Merge model A", "Merge model B", "Merge method", "Merge model C", "Merge ratio",
+                       "Merge TE ratio")
+
+
+class MergeRequestError(ValueError):
+    """A merge cannot be done with these checkpoints; the message names the checkpoint and says why."""
+
+
+@dataclass(frozen=True)
+class ResolvedMerge:
+    """A generation's merge bound to the loaded model: the recipe (A = the loaded checkpoint's file, this
+    generation's ratios), what identifies the merge's inputs, and the checkpoints' titles for infotext."""
+    recipe: MergeRecipe
+    key: tuple
+    titles: dict
+
+
+def find_checkpoint(name: str, field: str):
+    """The WebUI's CheckpointInfo for a name as it lists checkpoints (title, file name, name without the
+    [hash]); exact matches only: a near miss must not merge the wrong model."""
+    info = sd_models.checkpoint_aliases.get(name)
+    if info is None:
+        bare = sd_models.re_strip_checksum.sub("", name)
+        info = sd_models.checkpoint_aliases.get(bare) or next(
+            (i for i in sd_models.checkpoints_list.values() if sd_models.re_strip_checksum.sub("", i.title) == bare),
+            None)
+    if info is None:
+        known = ", ".join(list(sd_models.checkpoints_list)[:5])
+        raise MergeRequestError(f"Uncond Lab: '{field}' names no known checkpoint: {name!r:.200}; "
+                                f"use a name from the checkpoint list (e.g. {known})")
+    return info
+
+
+def checkpoint_title(info) -> str:
+    """The title with the short hash ("name.safetensors [0123456789]"); hashing once if the WebUI has not yet
+    (A1111 caches it; None with --no-hashing)."""
+    if getattr(info, "shorthash", None) is None and not getattr(shared.cmd_opts, "no_hashing", False):
+        try:
+            info.calculate_shorthash()
+        except Exception as error:  # a hash is only for infotext: never fail a generation over it
+            log.warning("Uncond Lab: could not hash %s: %s", info.filename, error)
+    return info.title
+
+
+_VAE_CACHE: dict[tuple, bool] = {}
+
+
+def has_vae(path: str) -> bool:
+    """Whether a checkpoint file has VAE (first_stage_model.*) weights (header only, cached per file version)."""
+    from safetensors import safe_open
+    stat = os.stat(path)
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    if key not in _VAE_CACHE:
+        with safe_open(path, framework="pt", device="cpu") as file:
+            _VAE_CACHE[key] = any(classify_key(k) == VAE for k in file.keys())
+    return _VAE_CACHE[key]
+
+
+def resolve_merge(request: MergeRequest, sd_model) -> ResolvedMerge:
+    """This generation's recipe. The VAE follows the UNet ratio when the checkpoint's own VAE is in use (then
+    ratio 1 is model B as the WebUI loads it, VAE included); a VAE the user picked (Settings → SD VAE) stays."""
+    info_a = sd_model.sd_checkpoint_info
+    info_b = find_checkpoint(request.model_b, "merge_model")
+    info_c = find_checkpoint(request.model_c, "merge_model_c") if request.model_c else None
+    paths = [i.filename for i in (info_a, info_b, info_c) if i is not None]
+    include_vae = sd_vae.loaded_vae_file is None and all(has_vae(path) for path in paths
+                                                         if path.lower().endswith(".safetensors"))
+    recipe = MergeRecipe(request.method, info_a.filename, info_b.filename,
+                         info_c.filename if info_c else None, unet_ratio=request.unet_ratio,
+                         te_ratio=request.te_ratio, include_vae=include_vae)
+    key = (id(sd_model), info_a.filename, recipe.method, recipe.model_b, recipe.model_c, include_vae)
+    titles = {"A": checkpoint_title(info_a), "B": checkpoint_title(info_b)}
+    if info_c is not None:
+        titles["C"] = checkpoint_title(info_c)
+    return ResolvedMerge(recipe, key, titles)
+
+
+def start_merge(p, settings: Settings) -> bool:
+    """Make the weights hold this generation's merge, or the originals (see lib_ext/merge_session.py for why
+    that happens here, lazily); record the recipe in infotext. False when the generation has been failed."""
+    setattr(p, MERGE_ATTR, None)
+    for key in MERGE_INFOTEXT_KEYS:  # X/Y/Z cells share one extra_generation_params dict
+        p.extra_generation_params.pop(key, None)
+    request = settings.merge_request()
+    try:
+        overrides = getattr(p, OVERRIDES_ATTR, None) or {}
+        if request is None and ({"merge_ratio", "merge_te_ratio"} & set(overrides)):
+            raise MergeRequestError("Uncond Lab: the merge ratio axis needs a merge partner: set 'Merge model B' "
+                                    "in the Uncond Lab merge section, or add the [Uncond Lab] Merge partner axis")
+        resolved = None if request is None else resolve_merge(request, p.sd_model)
+        host.sync_merge(p, resolved)
+    except Exception as error:  # anything: a swallowed error would pass model A's picture off as the merge
+        message = str(error) if str(error).startswith("Uncond Lab") else f"Uncond Lab: merge failed: {error}"
+        log.error("%s", message)
+        fail_generation(p, MergeRequestError(message))
+        return False
+    if resolved is None:
+        return True
+    setattr(p, MERGE_ATTR, resolved)
+    recipe = resolved.recipe
+    text = {"Merge model A": resolved.titles["A"]}
+    text.update(Settings.from_dict({**settings.as_dict(), "merge_model": resolved.titles["B"],
+                                    "merge_model_c": resolved.titles.get("C", "")}).merge_infotext())
+    p.extra_generation_params.update(text)
+    # "Model hash" stays A's (pasting loads the base); the name says what made the picture.
+    p.sd_model_name = default_merge_name(recipe)
+    return True
+
+
+def release_merge() -> None:
+    """Restore the weights and free the merge's copies now (end of a sweep, UI reload)."""
+    host.release_merge()
+
+
+def merge_model_loaded(sd_model) -> None:
+    """on_model_loaded: weights were loaded (a checkpoint, a VAE); the merge's copies describe the old ones."""
+    host.merge_model_loaded(sd_model)
 
 
 def on_cfg_denoiser(params) -> None:
@@ -188,3 +323,51 @@ def uncond_axes(xyz) -> list:
         fraction_axis(xyz, "[Uncond Lab] Start", "start"),
         fraction_axis(xyz, "[Uncond Lab] End", "end"),
     ]
+
+
+# Costs: the X/Y/Z plot runs its costliest axis outermost ("Checkpoint name" is 1.0, "VAE" 0.7). A partner
+# change reads a checkpoint, a ratio change is one pass over the weights: so partner, then ratio, outermost.
+MERGE_PARTNER_COST, MERGE_RATIO_COST, MERGE_TE_RATIO_COST = 0.95, 0.9, 0.85
+
+
+def merge_ratio_axis(xyz, label: str, setting: str, cost: float):
+    def apply(p, value, values):
+        add_overrides(p, **{setting: value})
+
+    def confirm(p, values):
+        low, high = RATIO_RANGE
+        for value in values:
+            if not low <= value <= high:
+                raise RuntimeError(f"Uncond Lab: {label} values must be in [{low:g}, {high:g}], got {value}")
+
+    return xyz.AxisOption(label, float, apply, confirm=confirm, cost=cost)
+
+
+def merge_partner_axis(xyz):
+    label = "[Uncond Lab] Merge partner"
+
+    def apply(p, value, values):
+        add_overrides(p, merge_model="" if value in ("None", "none", "") else value)
+
+    def confirm(p, values):
+        for value in values:
+            if value not in ("None", "none", ""):
+                find_checkpoint(value, "merge_model")
+
+    def format_value(p, option, value):
+        return f"Merge partner: {sd_models.re_strip_checksum.sub('', str(value))}"
+
+    return xyz.AxisOption(label, str, apply, format_value=format_value, confirm=confirm, cost=MERGE_PARTNER_COST,
+                          choices=lambda: ["None", *sd_models.checkpoint_tiles()])
+
+
+def merge_axes(xyz) -> list:
+    return [
+        merge_ratio_axis(xyz, "[Uncond Lab] Merge ratio", "merge_ratio", MERGE_RATIO_COST),
+        merge_ratio_axis(xyz, "[Uncond Lab] Merge TE ratio", "merge_te_ratio", MERGE_TE_RATIO_COST),
+        merge_partner_axis(xyz),
+    ]
+
+
+def all_axes(xyz) -> list:
+    return [*uncond_axes(xyz), *merge_axes(xyz)]

@@ -2,9 +2,29 @@
 from __future__ import annotations
 
 import gradio as gr
-from modules.ui_components import InputAccordion
+from modules import sd_models, ui_common
+from modules.ui_components import FormRow, InputAccordion
 
-from lib_ext.settings import FIELD_BY_NAME, HIRES_MODES, Settings
+from lib_ext.settings import FIELD_BY_NAME, HIRES_MODES, MERGE_METHOD_LABELS, Settings
+
+NO_MERGE = "None"
+TE_FOLLOWS = "follow"
+TE_RATIO_CHOICES = [TE_FOLLOWS, "0", "0.25", "0.5", "0.75", "1"]
+
+
+def checkpoint_choices() -> list[str]:
+    return [NO_MERGE, *sd_models.checkpoint_tiles()]
+
+
+def merge_ui_value(name: str, value):
+    """A merge setting as its control shows it (the inverse of the settings' parsers)."""
+    if name in ("merge_model", "merge_model_c"):
+        return value or NO_MERGE
+    if name == "merge_method":
+        return MERGE_METHOD_LABELS[value]
+    if name == "merge_te_ratio":
+        return TE_FOLLOWS if value is None else f"{value:g}"
+    return value
 
 
 def _label(name: str) -> str:
@@ -38,16 +58,57 @@ class UncondAccordion:
                     self._slider("hr_end", "Hires end", defaults.hr_end)
                 hr_mode.change(lambda mode: gr.update(visible=mode == HIRES_MODES["own"]), hr_mode, own_row,
                                show_progress=False)
+        self._merge_section(defaults)
         return [self.controls[name] for name in FIELD_BY_NAME]
+
+    def _merge_section(self, defaults: Settings) -> None:
+        """Its own accordion: the merge does not depend on the uncond switch above (an InputAccordion opens only
+        when its checkbox is ticked)."""
+        with gr.Accordion("Uncond Lab: merge (this generation only)", open=False, elem_id=self.elem_id("merge")):
+            with FormRow():
+                model = gr.Dropdown(checkpoint_choices(), value=NO_MERGE, label="Merge partner B",
+                                    allow_custom_value=True, elem_id=self.elem_id("merge_model"))
+                ui_common.create_refresh_button(model, sd_models.list_models,
+                                                lambda: {"choices": checkpoint_choices()},
+                                                self.elem_id("merge_model_refresh"))
+                method = gr.Radio(list(MERGE_METHOD_LABELS.values()),
+                                  value=MERGE_METHOD_LABELS[defaults.merge_method], label="Method",
+                                  elem_id=self.elem_id("merge_method"))
+            with FormRow():
+                ratio = gr.Slider(0.0, 1.0, value=defaults.merge_ratio, step=0.01, label="UNet ratio",
+                                  elem_id=self.elem_id("merge_ratio"))
+                te_ratio = gr.Dropdown(TE_RATIO_CHOICES, value=TE_FOLLOWS, label="Text-encoder ratio",
+                                       allow_custom_value=True, elem_id=self.elem_id("merge_te_ratio"))
+            model_c = gr.Dropdown(checkpoint_choices(), value=NO_MERGE, label="Model C (add difference: A + r·(B − C))",
+                                  allow_custom_value=True, visible=defaults.merge_method == "add_difference",
+                                  elem_id=self.elem_id("merge_model_c"))
+            method.change(lambda m: gr.update(visible=m == MERGE_METHOD_LABELS["add_difference"]), method, model_c,
+                          show_progress=False)
+        self.controls.update(merge_model=model, merge_method=method, merge_model_c=model_c, merge_ratio=ratio,
+                             merge_te_ratio=te_ratio)
 
     def _slider(self, name: str, label: str, value: float) -> None:
         self.controls[name] = gr.Slider(0.0, 1.0, value=value, step=0.01, label=label, elem_id=self.elem_id(name))
 
     def infotext_fields(self) -> list:
         """Paste support: each control reads its own key; the accordion opens when any of ours is present."""
-        fields = [(self.controls["enabled"], lambda params: bool(Settings.infotext_to_ui(params)))]
+        def merge_value(params, name):
+            """An infotext without a merge switches the merge off; one with a merge sets every merge control
+            (a missing text-encoder ratio means it followed the UNet's)."""
+            values = Settings.infotext_to_ui(params)
+            if "merge_model" not in values:
+                return merge_ui_value(name, "") if name == "merge_model" else None
+            if name in ("merge_model_c", "merge_te_ratio"):
+                return merge_ui_value(name, values.get(name))
+            return merge_ui_value(name, values[name]) if name in values else None
+
+        fields = [(self.controls["enabled"], lambda params: Settings.infotext_to_ui(params).get("enabled", False))]
         for name, control in self.controls.items():
-            if name != "enabled":
+            if name == "enabled":
+                continue
+            if FIELD_BY_NAME[name].metadata["feature"] == "merge":
+                fields.append((control, lambda params, name=name: merge_value(params, name)))
+            else:
                 fields.append((control, lambda params, name=name: Settings.infotext_to_ui(params).get(name)))
         return fields
 

@@ -3,6 +3,8 @@
 The integration tests install it beside Uncond Lab (never in a user's WebUI) to check that a generation that
 breaks mid-sampling leaves nothing behind. API: alwayson_scripts {"Uncond Lab test faults": {"args": [
 {"fail_at_call": N}]}} makes the UNet fail at the N-th denoiser call; {"interrupt_at_call": N} interrupts there.
+Each generation counts from 1; "fail_at_job_call" / "interrupt_at_job_call" count over all the generations of one
+request instead (X/Y/Z cells share the request's args), so that only one cell of a plot breaks.
 
 The WebUIs swallow exceptions raised in callbacks, so the failure is planted in the model call itself: a cond
 with a wrong width, which the UNet's cross-attention refuses.
@@ -24,7 +26,7 @@ class UncondLabTestFaults(scripts.Script):
 
     def process(self, p, *args):
         plan = args[0] if args and isinstance(args[0], dict) else {}
-        p.uncond_lab_test_faults = {"calls": 0, **plan} if plan else None
+        p.uncond_lab_test_faults = {"calls": 0, "job": plan, **plan} if plan else None
 
 
 def on_cfg_denoiser(params):
@@ -32,13 +34,15 @@ def on_cfg_denoiser(params):
     if not plan:
         return
     plan["calls"] += 1
-    if plan["calls"] == plan.get("fail_at_call"):
+    job = plan["job"]
+    job["job_calls"] = job.get("job_calls", 0) + 1
+    if plan["calls"] == plan.get("fail_at_call") or job["job_calls"] == plan.get("fail_at_job_call"):
         cond = params.text_cond
         if isinstance(cond, dict):
             cond["crossattn"] = cond["crossattn"][..., :1]
         else:
             params.text_cond = cond[..., :1]
-    if plan["calls"] == plan.get("interrupt_at_call"):
+    if plan["calls"] == plan.get("interrupt_at_call") or job["job_calls"] == plan.get("interrupt_at_job_call"):
         shared.state.interrupt()
 
 

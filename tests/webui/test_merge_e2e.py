@@ -1,0 +1,300 @@
+"""Merges in a real WebUI: A1111 1.10 (SD1.5 and SDXL pairs) and reForge (SD1.5 pair).
+
+Oracles come from the WebUI itself: "ratio 0" must be model A as loaded and "ratio 1" (text encoders following)
+model B as loaded by the WebUI, pixel for pixel; "add difference with C = B" is model A; after any plot, an
+interrupted one, a failed cell or a failed generation, a plain generation must be pixel-identical to one made
+before any merge. The console log says how often the weights were written.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import re
+from dataclasses import dataclass
+
+import pytest
+
+from lib_ext.merge import sanitize_checkpoint_name
+from lib_ext.settings import Settings
+from tests.webui.client import ApiError, b64_png, png_pixels
+
+PAIRS = {"sd15": ("uncondlab-tiny-sd15-a", "uncondlab-tiny-sd15-b"),
+         "sdxl": ("uncondlab-tiny-sdxl-a", "uncondlab-tiny-sdxl-b")}
+CFGS = (3.0, 7.0)
+XYZ = "x/y/z plot"
+
+
+@dataclass
+class Pair:
+    webui: object
+    kind: str
+    a: str          # file stems
+    b: str
+    a_title: str
+    b_title: str
+    alone: dict     # {("A" | "B", cfg): pixels of that model alone}
+
+    def txt2img(self, settings=None, **params):
+        return self.webui.txt2img(settings, **params)
+
+    def merge(self, ratio, **settings):
+        return {"merge_model": self.b_title, "merge_ratio": ratio, **settings}
+
+
+def title_of(webui, stem: str) -> str:
+    return next(t for t in webui.checkpoint_titles() if t.startswith(stem + "."))
+
+
+@pytest.fixture(scope="module", params=sorted(PAIRS))
+def pair(request, webui):
+    kind = request.param
+    if kind == "sdxl" and webui.kind == "reforge":
+        pytest.skip("reForge builds SDXL text encoders at full size; the tiny SDXL checkpoints load in A1111 only")
+    a, b = PAIRS[kind]
+    webui.post("/uncond-lab/v1/merge-release", {})
+    alone = {}
+    for role, stem in (("B", b), ("A", a)):  # A last: the tests start from model A loaded
+        webui.use_checkpoint(stem)
+        for cfg in CFGS:
+            alone[(role, cfg)] = webui.txt2img(cfg_scale=cfg).pixels
+    assert alone[("A", 7.0)] == webui.fresh[a]
+    assert alone[("A", 7.0)] != alone[("B", 7.0)]
+    return Pair(webui, kind, a, b, title_of(webui, a), title_of(webui, b), alone)
+
+
+@pytest.fixture
+def merge_pair(pair):
+    """Model A loaded, no merge held, at the start and at the end of a test."""
+    pair.webui.use_checkpoint(pair.a)
+    yield pair
+    pair.webui.use_checkpoint(pair.a)
+    pair.webui.post("/uncond-lab/v1/merge-release", {})
+
+
+class Log:
+    """The part of the WebUI's console log written since this object was made."""
+
+    def __init__(self, webui):
+        if getattr(webui, "log_path", None) is None:
+            pytest.skip("the WebUI's log is unknown (set UNCOND_LAB_WEBUI_LOG with UNCOND_LAB_WEBUI_URL)")
+        self.path, self.start = webui.log_path, os.path.getsize(webui.log_path)
+
+    def text(self) -> str:
+        with open(self.path, "rb") as file:
+            file.seek(self.start)
+            return file.read().decode(errors="replace")
+
+    def applied(self, ratio: float) -> int:
+        return len(re.findall(rf"^Uncond Lab: merge ratio {ratio:g} applied", self.text(), re.MULTILINE))
+
+    def restored(self) -> int:
+        return len(re.findall(r"^Uncond Lab: merge restored", self.text(), re.MULTILINE))
+
+
+def xyz_args(webui, x_label, x_values, y_label, y_values):
+    """Positional X/Y/Z args: A1111 1.10 and reForge differ in length, so build them from script-info. Values as
+    text ("Use text inputs instead of dropdowns"), also for axes with choices such as the merge partner."""
+    info = next(s for s in webui.get("/sdapi/v1/script-info") if s["name"] == XYZ and not s["is_img2img"])
+    labels = info["args"][0]["choices"]
+    values = [arg.get("value") for arg in info["args"]]
+    values[0:9] = [labels.index(x_label), x_values, [], labels.index(y_label), y_values, [], 0, "", []]
+    arg_labels = [arg["label"] for arg in info["args"]]
+    values[arg_labels.index("Include Sub Images")] = True
+    values[arg_labels.index("Use text inputs instead of dropdowns")] = True
+    return values
+
+
+def cells_by(grid, *keys) -> dict:
+    """{(value of each infotext key, ...): pixels} for the cells of an X/Y/Z result (grid first, then cells)."""
+    texts, pixels = grid.infotexts, grid.pixels
+    if len(texts) == len(pixels):
+        texts, pixels = texts[1:], pixels[1:]
+    else:
+        pixels = pixels[1:]
+    out = {}
+    for text, image in zip(texts, pixels):
+        values = []
+        for key in keys:
+            found = re.search(rf"{re.escape(key)}: ([^,\n]+)", text)
+            values.append(float(found.group(1)) if found else None)
+        out[tuple(values)] = image
+    return out
+
+
+def plot_ratio_by_cfg(pair, faults=None):
+    args = xyz_args(pair.webui, "[Uncond Lab] Merge ratio", "0, 0.5, 1", "CFG Scale", "3, 7")
+    scripts = {"Uncond Lab test faults": {"args": [faults]}} if faults else None
+    return pair.webui.txt2img({"merge_model": pair.b_title}, scripts=scripts, script_name=XYZ, script_args=args)
+
+
+# --- endpoints and restore ----------------------------------------------------------------------------------
+
+def test_ratio_zero_is_model_a_and_ratio_one_is_model_b(merge_pair):
+    p = merge_pair
+    assert p.txt2img(p.merge(0.0)).pixels == p.alone[("A", 7.0)]
+    assert p.txt2img(p.merge(1.0)).pixels == p.alone[("B", 7.0)]
+    half = p.txt2img(p.merge(0.5)).pixels
+    assert half != p.alone[("A", 7.0)] and half != p.alone[("B", 7.0)]
+    assert p.txt2img().pixels == p.alone[("A", 7.0)]
+
+
+def test_xyz_plot_writes_once_per_ratio_and_its_columns_are_the_models(merge_pair):
+    p = merge_pair
+    log = Log(p.webui)
+    cells = cells_by(plot_ratio_by_cfg(p), "Merge ratio", "CFG scale")
+    assert len(cells) == 6
+    for cfg in CFGS:
+        assert cells[(0.0, cfg)] == p.alone[("A", cfg)]
+        assert cells[(1.0, cfg)] == p.alone[("B", cfg)]
+        assert cells[(0.5, cfg)] not in (p.alone[("A", cfg)], p.alone[("B", cfg)])
+    assert (log.applied(0), log.applied(0.5), log.applied(1)) == (0, 1, 1), log.text()
+    assert p.txt2img().pixels == p.alone[("A", 7.0)]
+    assert log.restored() == 1
+
+
+def test_an_interrupted_plot_leaves_the_original_weights(merge_pair):
+    p = merge_pair
+    log = Log(p.webui)
+    # 4 steps = 4 denoiser calls per cell: call 10 is inside the first ratio-0.5 cell.
+    grid = plot_ratio_by_cfg(p, faults={"interrupt_at_job_call": 10})
+    assert len(grid.images) < 7
+    assert log.applied(0.5) == 1 and log.applied(1) == 0
+    assert p.txt2img().pixels == p.alone[("A", 7.0)]
+
+
+def test_a_failed_cell_leaves_the_original_weights(merge_pair):
+    p = merge_pair
+    log = Log(p.webui)
+    # Call 14 is inside the second ratio-0.5 cell: the X/Y/Z plot reports it and goes on with ratio 1.
+    cells = cells_by(plot_ratio_by_cfg(p, faults={"fail_at_job_call": 14}), "Merge ratio", "CFG scale")
+    assert (0.5, 7.0) not in cells and cells[(1.0, 7.0)] == p.alone[("B", 7.0)]
+    assert log.applied(0.5) == 1 and log.applied(1) == 1
+    assert p.txt2img().pixels == p.alone[("A", 7.0)]
+
+
+def test_a_failed_merged_generation_leaves_the_original_weights(merge_pair):
+    p = merge_pair
+    with pytest.raises(ApiError) as error:
+        p.txt2img(p.merge(0.5), scripts={"Uncond Lab test faults": {"args": [{"fail_at_call": 2}]}})
+    assert error.value.status == 500
+    assert p.txt2img().pixels == p.alone[("A", 7.0)]
+
+
+def test_merge_partner_axis(merge_pair):
+    p = merge_pair
+    args = xyz_args(p.webui, "[Uncond Lab] Merge partner", f"None, {p.b_title}", "CFG Scale", "7")
+    grid = p.txt2img({"merge_ratio": 1.0}, script_name=XYZ, script_args=args)
+    texts, pixels = grid.infotexts[-2:], grid.pixels[-2:]
+    by_partner = {("Merge model B" in text): image for text, image in zip(texts, pixels)}
+    assert by_partner == {False: p.alone[("A", 7.0)], True: p.alone[("B", 7.0)]}
+
+
+# --- text encoders, add difference -----------------------------------------------------------------------
+
+def test_text_encoder_ratio_and_the_cond_cache(merge_pair):
+    p = merge_pair
+    assert p.txt2img(p.merge(1.0, merge_te_ratio=1.0)).pixels == p.alone[("B", 7.0)]
+    # Same prompt, same everything but the text encoders: a stale cached cond would give B's picture again.
+    unet_only = p.txt2img(p.merge(1.0, merge_te_ratio=0.0)).pixels
+    assert unet_only not in (p.alone[("B", 7.0)], p.alone[("A", 7.0)])
+    assert p.txt2img(p.merge(1.0, merge_te_ratio="follow")).pixels == p.alone[("B", 7.0)]
+    assert p.txt2img().pixels == p.alone[("A", 7.0)]
+
+
+def test_add_difference_with_c_equal_to_b_is_model_a(merge_pair):
+    p = merge_pair
+    settings = p.merge(0.7, merge_method="add_difference", merge_model_c=p.b_title)
+    assert p.txt2img(settings).pixels == p.alone[("A", 7.0)]  # A + 0.7·(B − B)
+
+
+# --- settings, API, infotext ---------------------------------------------------------------------------
+
+def test_bad_merge_settings_are_refused_with_422(merge_pair):
+    p = merge_pair
+    other = PAIRS["sdxl" if p.kind == "sd15" else "sd15"][1]
+    cases = [
+        ({"merge_model": "no-such-model.safetensors"}, "names no known checkpoint: 'no-such-model.safetensors'"),
+        ({"merge_model": p.b_title, "merge_method": "add_difference"}, "'merge_model_c' is needed"),
+        ({"merge_model": p.b_title, "merge_ratio": 5}, "'merge_ratio' must be a number in [-1, 2], got 5"),
+        ({"merge_model": title_of(p.webui, other)}, "cannot merge A = " + p.a),
+        ({"merge_ratio": 0.5, "merge_modle": "x"}, "unknown setting(s) 'merge_modle'"),
+    ]
+    for settings, fragment in cases:
+        with pytest.raises(ApiError) as error:
+            p.txt2img(settings)
+        assert error.value.status == 422 and fragment in error.value.body, (settings, error.value.body)
+    assert p.txt2img().pixels == p.alone[("A", 7.0)]
+
+
+def test_infotext_records_the_recipe_and_pastes_back(merge_pair):
+    p = merge_pair
+    settings = p.merge(0.25, merge_te_ratio=0.0)
+    generation = p.txt2img(settings)
+    text = generation.infotexts[0]
+    model_hash = re.search(r"Model hash: (\w+)", text).group(1)
+    assert re.search(r"\[(\w+)\]", p.a_title).group(1) == model_hash  # pasting loads model A
+    for fragment in (f"Merge model A: {p.a_title}", f"Merge model B: {p.b_title}", "Merge method: Weighted sum",
+                     "Merge ratio: 0.25", "Merge TE ratio: 0.0", f"Model: {p.a}+{p.b} ws0.25 te0"):
+        assert fragment in text, text
+    assert re.search(r"Merge model B: [^,]+ \[[0-9a-f]{10}\]", text)  # the partner's short hash
+    parameters = p.webui.post("/sdapi/v1/png-info", {"image": b64_png(generation.images[0])})["parameters"]
+    pasted = Settings.infotext_to_ui(parameters)
+    assert "enabled" not in pasted
+    assert Settings.from_dict(pasted).merge_request() == Settings.from_dict(settings).merge_request()
+    assert "Merge" not in p.txt2img().infotexts[0]
+
+
+# --- the tab's sweep and "Save this merge" -----------------------------------------------------------------
+
+SWEEP = {"prompt": "a lighthouse at dusk", "negative_prompt": "", "seed": 1234, "steps": 4, "width": 64,
+         "height": 64, "sampler_name": "Euler", "scheduler": "Automatic"}
+
+
+def test_sweep_route_and_save_this_merge(merge_pair, tmp_path):
+    p = merge_pair
+    log = Log(p.webui)
+    result = p.webui.post("/uncond-lab/v1/merge-sweep", {**SWEEP, "model_b": p.b_title, "ratios": "0-1 [3]",
+                                                         "cfgs": "3, 7", "unconds": "default"})
+    assert (result["cells_done"], result["cell_count"], result["errors"]) == (6, 6, [])
+    cells = {}
+    for text, image in zip(result["infotexts"], result["images"]):
+        ratio = float(re.search(r"Merge ratio: ([\d.]+)", text).group(1))
+        cfg = float(re.search(r"CFG scale: ([\d.]+)", text).group(1))
+        cells[(ratio, cfg)] = [png_pixels(base64.b64decode(image))]
+    for cfg in CFGS:
+        assert cells[(0.0, cfg)] == p.alone[("A", cfg)] and cells[(1.0, cfg)] == p.alone[("B", cfg)]
+    assert os.path.isfile(result["grid_path"]) and "Uncond Lab sweep: merge ratios 0, 0.5, 1" in result["grid_infotext"]
+    grid_size = png_pixels(base64.b64decode(result["grid"]))[:2]
+    assert grid_size[0] > 2 * 64 and grid_size[1] > 3 * 64  # 2 columns × 3 rows, plus the labels
+    assert p.txt2img().pixels == p.alone[("A", 7.0)]  # the sweep restored the weights when it ended
+    assert (log.applied(0), log.applied(0.5), log.applied(1), log.restored()) == (0, 1, 1, 1), log.text()
+
+    name = f"uncondlab test/../{p.kind} merge"
+    saved = p.webui.post("/uncond-lab/v1/save-merge", {"model_b": p.b_title, "ratio": 0.5, "name": name})
+    assert os.path.basename(saved["path"]) == sanitize_checkpoint_name(name) + ".safetensors"
+    assert "/" not in sanitize_checkpoint_name(name) and ".." not in sanitize_checkpoint_name(name)
+    again = p.webui.post("/uncond-lab/v1/save-merge", {"model_b": p.b_title, "ratio": 0.5, "name": name})
+    assert again["path"] != saved["path"] and again["path"].endswith("-2.safetensors")  # never overwrites
+    assert saved["title"] in p.webui.checkpoint_titles()  # listed without a restart
+    try:
+        p.webui.post("/sdapi/v1/refresh-checkpoints", {})
+        p.webui.use_checkpoint(os.path.splitext(os.path.basename(saved["path"]))[0])
+        assert p.txt2img(cfg_scale=7.0).pixels == cells[(0.5, 7.0)]  # the file is the in-memory merge
+    finally:
+        p.webui.use_checkpoint(p.a)
+        for path in (saved["path"], again["path"]):
+            for sidecar in (path, os.path.splitext(path)[0] + ".yaml"):
+                if os.path.exists(sidecar):
+                    os.unlink(sidecar)
+        p.webui.post("/sdapi/v1/refresh-checkpoints", {})
+
+
+def test_sweep_route_refuses_bad_lists(merge_pair):
+    p = merge_pair
+    for payload, fragment in (({"ratios": "0-1 [0]"}, "the count must be 1 to"),
+                              ({"model_b": ""}, "pick a merge partner B"),
+                              ({"unconds": "sometimes"}, "cannot read 'sometimes'"),
+                              ({"seeed": 3}, "unknown sweep field(s) 'seeed'")):
+        with pytest.raises(ApiError) as error:
+            p.webui.post("/uncond-lab/v1/merge-sweep", {**SWEEP, "model_b": p.b_title, **payload})
+        assert error.value.status == 422 and fragment in error.value.body, error.value.body
