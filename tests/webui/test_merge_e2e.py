@@ -300,3 +300,48 @@ def test_sweep_route_refuses_bad_lists(merge_pair):
         with pytest.raises(ApiError) as error:
             p.webui.post("/uncond-lab/v1/merge-sweep", {**SWEEP, "model_b": p.b_title, **payload})
         assert error.value.status == 422 and fragment in error.value.body, error.value.body
+
+
+# --- LoRA -----------------------------------------------------------------------------------------------------
+
+LORA = "uncondlab-test-lora"
+LORA_MODULES = {"lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q": (320, 320),
+                "lora_te_text_model_encoder_layers_0_self_attn_q_proj": (768, 768)}
+
+
+def write_tiny_lora(folder: str) -> str:
+    """A rank-4 LoRA (kohya key names, which both WebUIs read) on one UNet and one text-encoder layer of the tiny
+    SD1.5 models."""
+    import torch
+    from safetensors.torch import save_file
+    generator, tensors = torch.Generator().manual_seed(7), {}
+    for module, (rows, columns) in LORA_MODULES.items():
+        tensors[f"{module}.lora_down.weight"] = torch.randn(4, columns, generator=generator) * 0.3
+        tensors[f"{module}.lora_up.weight"] = torch.randn(rows, 4, generator=generator) * 0.3
+        tensors[f"{module}.alpha"] = torch.tensor(4.0)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{LORA}.safetensors")
+    save_file(tensors, path)
+    return path
+
+
+def test_a_lora_applies_on_top_of_the_merge_and_never_into_model_a(merge_pair):
+    p = merge_pair
+    if p.kind != "sd15":
+        pytest.skip("one LoRA test is enough (the tiny LoRA is shaped for the SD1.5 pair)")
+    path = write_tiny_lora(p.webui.get("/sdapi/v1/cmd-flags")["lora_dir"])
+    with_lora = {"prompt": f"a lighthouse at dusk <lora:{LORA}:1>"}
+    try:
+        a_lora = p.txt2img(**with_lora).pixels
+        assert a_lora != p.alone[("A", 7.0)]
+        p.webui.use_checkpoint(p.b)
+        b_lora = p.txt2img(**with_lora).pixels
+        p.webui.use_checkpoint(p.a)
+        p.txt2img(**with_lora)  # the LoRA is now baked into model A's weights
+        assert p.txt2img(p.merge(1.0), **with_lora).pixels == b_lora  # merged from clean A, LoRA on top
+        assert p.txt2img(p.merge(1.0)).pixels == p.alone[("B", 7.0)]  # no LoRA left in the merge
+        assert p.txt2img(p.merge(1.0), **with_lora).pixels == b_lora
+        assert p.txt2img(**with_lora).pixels == a_lora  # restored with the LoRA baked in: clean A + LoRA
+        assert p.txt2img().pixels == p.alone[("A", 7.0)]
+    finally:
+        os.unlink(path)
