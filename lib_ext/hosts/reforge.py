@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 import uuid
 
+import torch
 from modules import processing
 
 from lib_ext.merge import MergeTargetError
@@ -42,17 +43,37 @@ def _log(line: str) -> None:
     print(line, flush=True)
 
 
+def _widest_dtype(module) -> torch.dtype:
+    """The widest floating dtype among a model's weights (reForge keeps e.g. the token embedding in float32
+    beside float16 text-encoder layers): differences and B's weights are kept in it."""
+    dtypes = {p.dtype for p in module.parameters() if p.is_floating_point()}
+    return max(dtypes, key=lambda d: d.itemsize) if dtypes else torch.float32
+
+
+def _with_aliases(tensors: dict, live_keys) -> dict:
+    """Also patch the name a hijack wrapper hides a weight under: reForge wraps the text encoders' token
+    embedding as EmbeddingsWithFixes(wrapped) with `weight = wrapped.weight`, and the patcher would replace only
+    the wrapper's reference, while the forward reads `wrapped.weight`."""
+    out = dict(tensors)
+    for key, tensor in tensors.items():
+        head, _, leaf = key.rpartition(".")
+        hidden = f"{head}.wrapped.{leaf}"
+        if hidden in live_keys:
+            out[hidden] = tensor
+    return out
+
+
 class _PatchSession:
     """The differences of one merge on one loaded model, their reForge key names, and the patch-set ids."""
 
     def __init__(self, key: tuple, recipe, sd_model):
         self.key = key
         objects = sd_model.forge_objects
-        dtypes = {"unet": objects.unet.model_dtype()}
+        dtypes = {"unet": _widest_dtype(objects.unet.model)}
         if getattr(objects, "clip", None) is not None:
-            dtypes["te"] = next(objects.clip.cond_stage_model.parameters()).dtype
+            dtypes["te"] = _widest_dtype(objects.clip.cond_stage_model)
         if recipe.include_vae and getattr(objects, "vae", None) is not None:
-            dtypes["vae"] = next(objects.vae.first_stage_model.parameters()).dtype
+            dtypes["vae"] = _widest_dtype(objects.vae.first_stage_model)
         start = time.perf_counter()
         self.merge = PatchMerge(recipe, dtypes)
         self.merge.prepare()
@@ -101,9 +122,13 @@ def _patched_clone(session: _PatchSession, base, group: str, ratio: float):
     kind, tensors = session.merge.patches(group, ratio)
     if kind is None:
         return None
-    converted = session.converted(group, kind, tensors)
     clone = base.clone()
+    if hasattr(base, "patcher"):  # CLIP/VAE.clone() miss attributes added after them (VAE.disable_offload)
+        for name, value in vars(base).items():
+            if not hasattr(clone, name):
+                setattr(clone, name, value)
     patcher = getattr(clone, "patcher", clone)
+    converted = _with_aliases(session.converted(group, kind, tensors), patcher.model.state_dict().keys())
     entries = {key: ("set", (t,)) if kind == PATCH_SET else (t,) for key, t in converted.items()}
     accepted = patcher.add_patches(entries, strength_patch=1.0 if kind == PATCH_SET else ratio, strength_model=1.0)
     if group == "unet" and len(accepted) != len(entries):
@@ -131,10 +156,10 @@ PART_LABELS = {"unet": "UNet", "clip": "text encoders", "vae": "VAE"}
 NOTES_ATTR = "uncond_lab_merge_notes"  # what this generation changes in the weights, logged once per pass
 
 
-def _assign(p, names: tuple[str, ...]) -> None:
+def _assign(p, names: tuple[str, ...], resolved=None) -> None:
     """Put the merge's clones of these parts on `p.sd_model.forge_objects` (the ones in place are the bases),
     and note on `p` which parts reForge will (re)patch or unpatch when it next loads them."""
-    resolved = getattr(p, "uncond_lab_merge", None)
+    resolved = resolved or getattr(p, "uncond_lab_merge", None)
     session = PATCHES.session
     active = resolved is not None and session is not None and session.key == resolved.key
     ratios = resolved.recipe.group_ratios() if active else {}
@@ -199,7 +224,7 @@ def sync_merge(p, resolved) -> None:
     if PATCHES.session is None or PATCHES.session.key != resolved.key:
         release_merge()
         PATCHES.session = _PatchSession(resolved.key, resolved.recipe, p.sd_model)
-    _assign(p, ("vae",))  # img2img encodes its init image in p.init(), before any batch
+    _assign(p, ("vae",), resolved)  # img2img encodes its init image in p.init(), before any batch
 
 
 def merge_batch(p) -> None:
