@@ -134,6 +134,27 @@ class PatchMerge:
             self.inputs.close()
 
 
+def widest_dtype(tensors: Iterable[torch.Tensor]) -> torch.dtype:
+    """The widest floating dtype among a model's weights (reForge keeps e.g. the token embedding in float32 beside
+    float16 text-encoder layers): D and B are kept in it, so that every weight gets its exact value."""
+    dtypes = {t.dtype for t in tensors if t.is_floating_point()}
+    return max(dtypes, key=lambda d: d.itemsize) if dtypes else torch.float32
+
+
+def with_wrapped_aliases(tensors: Mapping[str, torch.Tensor], live_keys) -> dict[str, torch.Tensor]:
+    """Patches for the names a hijack wrapper hides a weight under, too. reForge wraps the text encoders' token
+    embedding as EmbeddingsWithFixes(wrapped) with `weight = wrapped.weight` (R modules/sd_hijack.py:165-171):
+    the state dict lists it twice, and the patcher, which replaces a parameter by attribute path, would replace
+    only the wrapper's reference while the forward reads `wrapped.weight`."""
+    out = dict(tensors)
+    for key, tensor in tensors.items():
+        head, _, leaf = key.rpartition(".")
+        hidden = f"{head}.wrapped.{leaf}"
+        if hidden in live_keys:
+            out[hidden] = tensor
+    return out
+
+
 def reforge_weight(weight: torch.Tensor, patches: Iterable[tuple[float, str, torch.Tensor]]) -> torch.Tensor:
     """What reForge computes for one weight from (strength, kind, tensor) patches: float32, then cast back
     (calculate_weight's "diff" and "set" branches; a stand-in for tests and documentation)."""

@@ -91,3 +91,24 @@ def test_incompatible_inputs_are_refused_before_anything_is_read(paths, tmp_path
     inpainting = write_checkpoint(tmp_path / "inpaint.safetensors", sd1_checkpoint(3, inpainting=True))
     with pytest.raises(IncompatibleModelsError, match="input_blocks.0.0.weight"):
         PatchMerge(MergeRecipe("weighted_sum", paths["a"], inpainting), {"unet": torch.float16})
+
+
+def test_widest_dtype():
+    from lib_ext.merge_patches import widest_dtype
+    tensors = [torch.zeros(1, dtype=torch.float16), torch.zeros(1, dtype=torch.float32), torch.zeros(1, dtype=torch.int64)]
+    assert widest_dtype(tensors) == torch.float32
+    assert widest_dtype([torch.zeros(1, dtype=torch.bfloat16)]) == torch.bfloat16
+    assert widest_dtype([]) == torch.float32
+
+
+def test_a_weight_hidden_behind_a_wrapper_is_patched_under_both_names():
+    from lib_ext.merge_patches import with_wrapped_aliases
+    token = torch.ones(2)
+    tensors = {"clip_l.transformer.text_model.embeddings.token_embedding.weight": token,
+               "clip_l.transformer.text_model.final_layer_norm.weight": torch.zeros(2)}
+    live = {"clip_l.transformer.text_model.embeddings.token_embedding.weight",
+            "clip_l.transformer.text_model.embeddings.token_embedding.wrapped.weight",
+            "clip_l.transformer.text_model.final_layer_norm.weight"}
+    out = with_wrapped_aliases(tensors, live)
+    assert set(out) == live and out["clip_l.transformer.text_model.embeddings.token_embedding.wrapped.weight"] is token
+    assert with_wrapped_aliases(tensors, set(tensors)) == tensors  # no wrapper: unchanged

@@ -4,11 +4,10 @@ from __future__ import annotations
 import time
 import uuid
 
-import torch
 from modules import processing
 
 from lib_ext.merge import MergeTargetError
-from lib_ext.merge_patches import PATCH_SET, PatchMerge
+from lib_ext.merge_patches import PATCH_SET, PatchMerge, widest_dtype, with_wrapped_aliases
 
 # reForge drops the uncond at CFG 1 (ldm_patched samplers.sampling_function's cfg1 optimisation).
 SKIPS_UNCOND_AT_CFG1 = True
@@ -43,37 +42,17 @@ def _log(line: str) -> None:
     print(line, flush=True)
 
 
-def _widest_dtype(module) -> torch.dtype:
-    """The widest floating dtype among a model's weights (reForge keeps e.g. the token embedding in float32
-    beside float16 text-encoder layers): differences and B's weights are kept in it."""
-    dtypes = {p.dtype for p in module.parameters() if p.is_floating_point()}
-    return max(dtypes, key=lambda d: d.itemsize) if dtypes else torch.float32
-
-
-def _with_aliases(tensors: dict, live_keys) -> dict:
-    """Also patch the name a hijack wrapper hides a weight under: reForge wraps the text encoders' token
-    embedding as EmbeddingsWithFixes(wrapped) with `weight = wrapped.weight`, and the patcher would replace only
-    the wrapper's reference, while the forward reads `wrapped.weight`."""
-    out = dict(tensors)
-    for key, tensor in tensors.items():
-        head, _, leaf = key.rpartition(".")
-        hidden = f"{head}.wrapped.{leaf}"
-        if hidden in live_keys:
-            out[hidden] = tensor
-    return out
-
-
 class _PatchSession:
     """The differences of one merge on one loaded model, their reForge key names, and the patch-set ids."""
 
     def __init__(self, key: tuple, recipe, sd_model):
         self.key = key
         objects = sd_model.forge_objects
-        dtypes = {"unet": _widest_dtype(objects.unet.model)}
+        dtypes = {"unet": widest_dtype(objects.unet.model.parameters())}
         if getattr(objects, "clip", None) is not None:
-            dtypes["te"] = _widest_dtype(objects.clip.cond_stage_model)
+            dtypes["te"] = widest_dtype(objects.clip.cond_stage_model.parameters())
         if recipe.include_vae and getattr(objects, "vae", None) is not None:
-            dtypes["vae"] = _widest_dtype(objects.vae.first_stage_model)
+            dtypes["vae"] = widest_dtype(objects.vae.first_stage_model.parameters())
         start = time.perf_counter()
         self.merge = PatchMerge(recipe, dtypes)
         self.merge.prepare()
@@ -128,7 +107,7 @@ def _patched_clone(session: _PatchSession, base, group: str, ratio: float):
             if not hasattr(clone, name):
                 setattr(clone, name, value)
     patcher = getattr(clone, "patcher", clone)
-    converted = _with_aliases(session.converted(group, kind, tensors), patcher.model.state_dict().keys())
+    converted = with_wrapped_aliases(session.converted(group, kind, tensors), patcher.model.state_dict().keys())
     entries = {key: ("set", (t,)) if kind == PATCH_SET else (t,) for key, t in converted.items()}
     accepted = patcher.add_patches(entries, strength_patch=1.0 if kind == PATCH_SET else ratio, strength_model=1.0)
     if group == "unet" and len(accepted) != len(entries):

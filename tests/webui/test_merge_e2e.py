@@ -8,6 +8,7 @@ before any merge. The console log says how often the weights were written.
 from __future__ import annotations
 
 import base64
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -17,6 +18,19 @@ import pytest
 from lib_ext.merge import sanitize_checkpoint_name
 from lib_ext.settings import Settings
 from tests.webui.client import ApiError, b64_png, png_pixels
+
+
+def rgb(png: bytes) -> tuple:
+    """(size, RGB bytes) of a PNG: reForge returns some X/Y/Z cells with an alpha channel (always opaque here)."""
+    from PIL import Image
+    image = Image.open(io.BytesIO(png))
+    if image.mode == "RGBA":
+        assert image.getextrema()[3] == (255, 255), "a transparent pixel"
+    return image.size, image.convert("RGB").tobytes()
+
+
+def pictures(generation) -> list:
+    return [rgb(image) for image in generation.images]
 
 PAIRS = {"sd15": ("uncondlab-tiny-sd15-a", "uncondlab-tiny-sd15-b"),
          "sdxl": ("uncondlab-tiny-sdxl-a", "uncondlab-tiny-sdxl-b")}
@@ -32,10 +46,13 @@ class Pair:
     b: str
     a_title: str
     b_title: str
-    alone: dict     # {("A" | "B", cfg): pixels of that model alone}
+    alone: dict     # {("A" | "B", cfg): pictures of that model alone}
 
     def txt2img(self, settings=None, **params):
         return self.webui.txt2img(settings, **params)
+
+    def pictures(self, settings=None, **params) -> list:
+        return pictures(self.webui.txt2img(settings, **params))
 
     def merge(self, ratio, **settings):
         return {"merge_model": self.b_title, "merge_ratio": ratio, **settings}
@@ -56,8 +73,8 @@ def pair(request, webui):
     for role, stem in (("B", b), ("A", a)):  # A last: the tests start from model A loaded
         webui.use_checkpoint(stem)
         for cfg in CFGS:
-            alone[(role, cfg)] = webui.txt2img(cfg_scale=cfg).pixels
-    assert alone[("A", 7.0)] == webui.fresh[a]
+            alone[(role, cfg)] = pictures(webui.txt2img(cfg_scale=cfg))
+    assert webui.txt2img().pixels == webui.fresh[a]
     assert alone[("A", 7.0)] != alone[("B", 7.0)]
     return Pair(webui, kind, a, b, title_of(webui, a), title_of(webui, b), alone)
 
@@ -105,8 +122,8 @@ def xyz_args(webui, x_label, x_values, y_label, y_values):
 
 
 def cells_by(grid, *keys) -> dict:
-    """{(value of each infotext key, ...): pixels} for the cells of an X/Y/Z result (grid first, then cells)."""
-    texts, pixels = grid.infotexts, grid.pixels
+    """{(value of each infotext key, ...): [picture]} for the cells of an X/Y/Z result (grid first, then cells)."""
+    texts, pixels = grid.infotexts, pictures(grid)
     if len(texts) == len(pixels):
         texts, pixels = texts[1:], pixels[1:]
     else:
@@ -119,7 +136,7 @@ def cells_by(grid, *keys) -> dict:
         for key in keys:
             found = re.search(rf"{re.escape(key)}: ([^,\n]+)", text)
             values.append(float(found.group(1)) if found else None)
-        out[tuple(values)] = [image]  # as Generation.pixels: one entry per picture
+        out[tuple(values)] = [image]  # as pictures(): one entry per picture
     return out
 
 
@@ -133,11 +150,11 @@ def plot_ratio_by_cfg(pair, faults=None):
 
 def test_ratio_zero_is_model_a_and_ratio_one_is_model_b(merge_pair):
     p = merge_pair
-    assert p.txt2img(p.merge(0.0)).pixels == p.alone[("A", 7.0)]
-    assert p.txt2img(p.merge(1.0)).pixels == p.alone[("B", 7.0)]
-    half = p.txt2img(p.merge(0.5)).pixels
+    assert p.pictures(p.merge(0.0)) == p.alone[("A", 7.0)]
+    assert p.pictures(p.merge(1.0)) == p.alone[("B", 7.0)]
+    half = p.pictures(p.merge(0.5))
     assert half != p.alone[("A", 7.0)] and half != p.alone[("B", 7.0)]
-    assert p.txt2img().pixels == p.alone[("A", 7.0)]
+    assert p.pictures() == p.alone[("A", 7.0)]
 
 
 def test_xyz_plot_writes_once_per_ratio_and_its_columns_are_the_models(merge_pair):
@@ -150,7 +167,7 @@ def test_xyz_plot_writes_once_per_ratio_and_its_columns_are_the_models(merge_pai
         assert cells[(1.0, cfg)] == p.alone[("B", cfg)]
         assert cells[(0.5, cfg)] not in (p.alone[("A", cfg)], p.alone[("B", cfg)])
     assert (log.applied(0), log.applied(0.5), log.applied(1)) == (0, 1, 1), log.text()
-    assert p.txt2img().pixels == p.alone[("A", 7.0)]
+    assert p.pictures() == p.alone[("A", 7.0)]
     assert log.restored() == 1
 
 
@@ -161,7 +178,7 @@ def test_an_interrupted_plot_leaves_the_original_weights(merge_pair):
     cells = cells_by(plot_ratio_by_cfg(p, faults={"interrupt_at_job_call": 10}), "Merge ratio", "CFG scale")
     assert set(cells) <= {(0.0, 3.0), (0.0, 7.0), (0.5, 3.0)}  # nothing after the interrupted cell
     assert log.applied(0.5) == 1 and log.applied(1) == 0
-    assert p.txt2img().pixels == p.alone[("A", 7.0)]
+    assert p.pictures() == p.alone[("A", 7.0)]
 
 
 def test_a_failed_cell_leaves_the_original_weights(merge_pair):
@@ -171,7 +188,7 @@ def test_a_failed_cell_leaves_the_original_weights(merge_pair):
     cells = cells_by(plot_ratio_by_cfg(p, faults={"fail_at_job_call": 14}), "Merge ratio", "CFG scale")
     assert (0.5, 7.0) not in cells and cells[(1.0, 7.0)] == p.alone[("B", 7.0)]
     assert log.applied(0.5) == 1 and log.applied(1) == 1
-    assert p.txt2img().pixels == p.alone[("A", 7.0)]
+    assert p.pictures() == p.alone[("A", 7.0)]
 
 
 def test_a_failed_merged_generation_leaves_the_original_weights(merge_pair):
@@ -179,34 +196,47 @@ def test_a_failed_merged_generation_leaves_the_original_weights(merge_pair):
     with pytest.raises(ApiError) as error:
         p.txt2img(p.merge(0.5), scripts={"Uncond Lab test faults": {"args": [{"fail_at_call": 2}]}})
     assert error.value.status == 500
-    assert p.txt2img().pixels == p.alone[("A", 7.0)]
+    assert p.pictures() == p.alone[("A", 7.0)]
 
 
 def test_merge_partner_axis(merge_pair):
     p = merge_pair
     args = xyz_args(p.webui, "[Uncond Lab] Merge partner", f"None, {p.b_title}", "CFG Scale", "7")
     grid = p.txt2img({"merge_ratio": 1.0}, script_name=XYZ, script_args=args)
-    texts, pixels = grid.infotexts[-2:], grid.pixels[-2:]
+    texts, pixels = grid.infotexts[-2:], pictures(grid)[-2:]
     by_partner = {("Merge model B" in text): [image] for text, image in zip(texts, pixels)}
     assert by_partner == {False: p.alone[("A", 7.0)], True: p.alone[("B", 7.0)]}
+
+
+def test_img2img_encodes_its_init_image_with_the_merged_vae(merge_pair):
+    p = merge_pair
+    params = {"init_images": [b64_png(p.txt2img().images[0])], "denoising_strength": 0.6}
+    p.webui.use_checkpoint(p.b)
+    p.webui.img2img(**params)  # A1111: the first img2img after a txt2img comes out different (GLUE.md)
+    b_alone = pictures(p.webui.img2img(**params))
+    p.webui.use_checkpoint(p.a)
+    p.webui.img2img(**params)
+    a_alone = pictures(p.webui.img2img(**params))
+    assert pictures(p.webui.img2img(p.merge(1.0), **params)) == b_alone
+    assert pictures(p.webui.img2img(**params)) == a_alone
 
 
 # --- text encoders, add difference -----------------------------------------------------------------------
 
 def test_text_encoder_ratio_and_the_cond_cache(merge_pair):
     p = merge_pair
-    assert p.txt2img(p.merge(1.0, merge_te_ratio=1.0)).pixels == p.alone[("B", 7.0)]
+    assert p.pictures(p.merge(1.0, merge_te_ratio=1.0)) == p.alone[("B", 7.0)]
     # Same prompt, same everything but the text encoders: a stale cached cond would give B's picture again.
-    unet_only = p.txt2img(p.merge(1.0, merge_te_ratio=0.0)).pixels
+    unet_only = p.pictures(p.merge(1.0, merge_te_ratio=0.0))
     assert unet_only not in (p.alone[("B", 7.0)], p.alone[("A", 7.0)])
-    assert p.txt2img(p.merge(1.0, merge_te_ratio="follow")).pixels == p.alone[("B", 7.0)]
-    assert p.txt2img().pixels == p.alone[("A", 7.0)]
+    assert p.pictures(p.merge(1.0, merge_te_ratio="follow")) == p.alone[("B", 7.0)]
+    assert p.pictures() == p.alone[("A", 7.0)]
 
 
 def test_add_difference_with_c_equal_to_b_is_model_a(merge_pair):
     p = merge_pair
     settings = p.merge(0.7, merge_method="add_difference", merge_model_c=p.b_title)
-    assert p.txt2img(settings).pixels == p.alone[("A", 7.0)]  # A + 0.7·(B − B)
+    assert p.pictures(settings) == p.alone[("A", 7.0)]  # A + 0.7·(B − B)
 
 
 # --- settings, API, infotext ---------------------------------------------------------------------------
@@ -225,7 +255,7 @@ def test_bad_merge_settings_are_refused_with_422(merge_pair):
         with pytest.raises(ApiError) as error:
             p.txt2img(settings)
         assert error.value.status == 422 and fragment in error.value.body, (settings, error.value.body)
-    assert p.txt2img().pixels == p.alone[("A", 7.0)]
+    assert p.pictures() == p.alone[("A", 7.0)]
 
 
 def test_infotext_records_the_recipe_and_pastes_back(merge_pair):
@@ -262,13 +292,13 @@ def test_sweep_route_and_save_this_merge(merge_pair, tmp_path):
     for text, image in zip(result["infotexts"], result["images"]):
         ratio = float(re.search(r"Merge ratio: ([\d.]+)", text).group(1))
         cfg = float(re.search(r"CFG scale: ([\d.]+)", text).group(1))
-        cells[(ratio, cfg)] = [png_pixels(base64.b64decode(image))]
+        cells[(ratio, cfg)] = [rgb(base64.b64decode(image))]
     for cfg in CFGS:
         assert cells[(0.0, cfg)] == p.alone[("A", cfg)] and cells[(1.0, cfg)] == p.alone[("B", cfg)]
     assert os.path.isfile(result["grid_path"]) and "Uncond Lab sweep: merge ratios 0, 0.5, 1" in result["grid_infotext"]
     grid_size = png_pixels(base64.b64decode(result["grid"]))[:2]
     assert grid_size[0] > 2 * 64 and grid_size[1] > 3 * 64  # 2 columns × 3 rows, plus the labels
-    assert p.txt2img().pixels == p.alone[("A", 7.0)]  # the sweep restored the weights when it ended
+    assert p.pictures() == p.alone[("A", 7.0)]  # the sweep restored the weights when it ended
     assert (log.applied(0), log.applied(0.5), log.applied(1), log.restored()) == (0, 1, 1, 1), log.text()
 
     name = f"uncondlab test/../{p.kind} merge"
@@ -281,7 +311,7 @@ def test_sweep_route_and_save_this_merge(merge_pair, tmp_path):
     try:
         p.webui.post("/sdapi/v1/refresh-checkpoints", {})
         p.webui.use_checkpoint(os.path.splitext(os.path.basename(saved["path"]))[0])
-        assert p.txt2img(cfg_scale=7.0).pixels == cells[(0.5, 7.0)]  # the file is the in-memory merge
+        assert p.pictures(cfg_scale=7.0) == cells[(0.5, 7.0)]  # the file is the in-memory merge
     finally:
         p.webui.use_checkpoint(p.a)
         for path in (saved["path"], again["path"]):
@@ -332,16 +362,16 @@ def test_a_lora_applies_on_top_of_the_merge_and_never_into_model_a(merge_pair):
     path = write_tiny_lora(p.webui.get("/sdapi/v1/cmd-flags")["lora_dir"])
     with_lora = {"prompt": f"a lighthouse at dusk <lora:{LORA}:1>"}
     try:
-        a_lora = p.txt2img(**with_lora).pixels
+        a_lora = p.pictures(**with_lora)
         assert a_lora != p.alone[("A", 7.0)]
         p.webui.use_checkpoint(p.b)
-        b_lora = p.txt2img(**with_lora).pixels
+        b_lora = p.pictures(**with_lora)
         p.webui.use_checkpoint(p.a)
         p.txt2img(**with_lora)  # the LoRA is now baked into model A's weights
-        assert p.txt2img(p.merge(1.0), **with_lora).pixels == b_lora  # merged from clean A, LoRA on top
-        assert p.txt2img(p.merge(1.0)).pixels == p.alone[("B", 7.0)]  # no LoRA left in the merge
-        assert p.txt2img(p.merge(1.0), **with_lora).pixels == b_lora
-        assert p.txt2img(**with_lora).pixels == a_lora  # restored with the LoRA baked in: clean A + LoRA
-        assert p.txt2img().pixels == p.alone[("A", 7.0)]
+        assert p.pictures(p.merge(1.0), **with_lora) == b_lora  # merged from clean A, LoRA on top
+        assert p.pictures(p.merge(1.0)) == p.alone[("B", 7.0)]  # no LoRA left in the merge
+        assert p.pictures(p.merge(1.0), **with_lora) == b_lora
+        assert p.pictures(**with_lora) == a_lora  # restored with the LoRA baked in: clean A + LoRA
+        assert p.pictures() == p.alone[("A", 7.0)]
     finally:
         os.unlink(path)
