@@ -11,6 +11,7 @@
         "hr_zero_weight": "Zero weight for the hires fix pass (0 = null uncond, 1 = zero uncond).",
         "hr_start": "Start of the hires pass window (fraction of the model's timestep range; a hires pass only covers its low-noise part).",
         "hr_end": "End of the hires pass window.",
+        "compare": "After this generation, also render the WebUI default, the null uncond (w = 0) and the zero uncond (w = 1) with the same seed and settings, and show them in one labelled grid with an amplified |zero - null| difference map.",
     };
 
     function applyHints() {

@@ -21,7 +21,7 @@ from typing import Callable, MutableMapping, Union
 
 import torch
 
-from lib_ext.settings import UncondSchedule
+from lib_ext.settings import Settings, UncondSchedule
 
 Cond = Union[torch.Tensor, MutableMapping[str, torch.Tensor]]
 PercentToSigma = Callable[[float], float]
@@ -150,8 +150,8 @@ class UncondRun:
     sampler run, and `uncond_for_call` from its per-denoiser-call hook, which only reads this object.
     """
 
-    def __init__(self, schedule_for_pass: Callable[[bool], UncondSchedule | None], pooled_width: int = 0):
-        self.schedule_for_pass = schedule_for_pass
+    def __init__(self, settings: Settings, pooled_width: int = 0):
+        self.settings = settings
         self.pooled_width = pooled_width
         self.null_uncond: Cond | None = None
         self.schedule: UncondSchedule | None = None
@@ -168,7 +168,7 @@ class UncondRun:
     def begin_pass(self, hires: bool) -> None:
         """A sampler run starts; its window is resolved at its first denoiser call, once every script has
         patched the model's schedule (reForge rebuilds it per run, other scripts may patch it after us)."""
-        self.schedule = self.schedule_for_pass(hires)
+        self.schedule = self.settings.schedule(hires)
         self.window = None
 
     def uncond_for_call(self, uncond: Cond, sigma: float, percent_to_sigma: PercentToSigma) -> Cond:

@@ -1,7 +1,7 @@
 """Uncond Lab's AlwaysOn script: reads the UI/API args and hands every hook to lib_ext."""
 from modules import script_callbacks, scripts
 
-from lib_ext.hosts import common, ui
+from lib_ext.hosts import common, compare_grid, ui
 
 
 class UncondLabScript(scripts.Script):
@@ -28,7 +28,10 @@ class UncondLabScript(scripts.Script):
         common.begin_pass(p)
 
     def postprocess(self, p, processed, *args):
+        run = common.current_run(p)
         common.end_run(p)
+        if run is not None and run.settings.compare and not compare_grid.is_variant(p):
+            compare_grid.run_compare(p, processed, run.settings)
 
 
 script_callbacks.on_cfg_denoiser(common.on_cfg_denoiser, name="uncond_lab")

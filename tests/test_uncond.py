@@ -182,7 +182,7 @@ def linear_percent_to_sigma(percent):
 
 def test_run_applies_weight_inside_the_window_only():
     settings = Settings(enabled=True, zero_weight=1.0, start=0.0, end=0.5)
-    run = UncondRun(settings.schedule, POOLED)
+    run = UncondRun(settings, POOLED)
     run.begin_batch(null_cond())
     run.begin_pass(hires=False)
     inside = run.uncond_for_call(sdxl_cond(), 8.0, linear_percent_to_sigma)
@@ -195,7 +195,7 @@ def test_run_applies_weight_inside_the_window_only():
 
 def test_run_resolves_the_window_per_pass():
     settings = Settings(enabled=True, zero_weight=1.0, end=0.5, hr_mode="own", hr_zero_weight=1.0, hr_end=0.9)
-    run = UncondRun(settings.schedule, POOLED)
+    run = UncondRun(settings, POOLED)
     run.begin_pass(hires=False)
     run.uncond_for_call(sdxl_cond(), 8.0, linear_percent_to_sigma)
     assert run.window.sigma_end == pytest.approx(5.0)
@@ -205,7 +205,7 @@ def test_run_resolves_the_window_per_pass():
 
 
 def test_untouched_hires_pass_passes_the_webui_uncond_through():
-    run = UncondRun(Settings(enabled=True, zero_weight=1.0, hr_mode="off").schedule, POOLED)
+    run = UncondRun(Settings(enabled=True, zero_weight=1.0, hr_mode="off"), POOLED)
     run.begin_batch(null_cond())
     run.begin_pass(hires=True)
     cond = sdxl_cond(zero_text=True)

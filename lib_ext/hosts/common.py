@@ -8,7 +8,7 @@ import torch
 from modules import devices, prompt_parser, scripts, shared
 
 from lib_ext.hosts import host
-from lib_ext.settings import Settings, SettingsError
+from lib_ext.settings import INFOTEXT_KEYS, Settings, SettingsError
 from lib_ext.uncond import Cond, UncondRun
 
 log = logging.getLogger("uncond_lab")
@@ -88,6 +88,8 @@ def encode_null_uncond(p) -> Cond:
 def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
     """Attach a fresh UncondRun to `p` (dropping any copied from another `p`), or none when disabled."""
     setattr(p, RUN_ATTR, None)
+    for key in INFOTEXT_KEYS:
+        p.extra_generation_params.pop(key, None)  # X/Y/Z cells and compare variants share this dict
     try:
         settings = settings_for(p, script_args)
     except SettingsError as error:
@@ -96,7 +98,7 @@ def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
     if not settings.enabled:
         return None
     pooled_width = text_pooled_width(p.sd_model) if is_dict_cond_model(p.sd_model) else 0
-    run = UncondRun(settings.schedule, pooled_width)
+    run = UncondRun(settings, pooled_width)
     setattr(p, RUN_ATTR, run)
     p.extra_generation_params.update(settings.infotext(has_hires=bool(getattr(p, "enable_hr", False))))
     for note in skipped_uncond_notes(p):
