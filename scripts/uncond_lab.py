@@ -27,6 +27,9 @@ class UncondLabScript(scripts.Script):
     def process_before_every_sampling(self, p, *args, **kwargs):
         common.begin_pass(p)
 
+    def postprocess_batch(self, p, *args, **kwargs):
+        common.write_stats(p)
+
     def postprocess(self, p, processed, *args):
         run = common.current_run(p)
         common.end_run(p)
@@ -35,4 +38,5 @@ class UncondLabScript(scripts.Script):
 
 
 script_callbacks.on_cfg_denoiser(common.on_cfg_denoiser, name="uncond_lab")
+script_callbacks.on_ui_settings(common.add_options, name="uncond_lab_options")
 script_callbacks.on_before_ui(lambda: common.register_xyz_axes(common.uncond_axes), name="uncond_lab_xyz")

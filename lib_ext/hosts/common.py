@@ -15,6 +15,8 @@ log = logging.getLogger("uncond_lab")
 
 RUN_ATTR = "uncond_lab_run"              # the UncondRun of the generation that `p` is
 OVERRIDES_ATTR = "uncond_lab_overrides"  # settings an X/Y/Z axis (or the tab) put on `p`
+STATS_OPTION = "uncond_lab_stats"        # a WebUI setting: write what a generation cost us to its infotext
+STATS_KEY = "Uncond Lab stats"
 
 
 # --- settings --------------------------------------------------------------------------------------------
@@ -88,7 +90,7 @@ def encode_null_uncond(p) -> Cond:
 def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
     """Attach a fresh UncondRun to `p` (dropping any copied from another `p`), or none when disabled."""
     setattr(p, RUN_ATTR, None)
-    for key in INFOTEXT_KEYS:
+    for key in (*INFOTEXT_KEYS, STATS_KEY):
         p.extra_generation_params.pop(key, None)  # X/Y/Z cells and compare variants share this dict
     try:
         settings = settings_for(p, script_args)
@@ -125,6 +127,19 @@ def begin_pass(p) -> None:
 
 def end_run(p) -> None:
     setattr(p, RUN_ATTR, None)
+
+
+def add_options() -> None:
+    shared.opts.add_option(STATS_OPTION, shared.OptionInfo(
+        False, "Write Uncond Lab's cost to the infotext (text-encoder calls, hook time per call)",
+        section=("uncond_lab", "Uncond Lab")).info("for bench/uncond_hook.py"))
+
+
+def write_stats(p) -> None:
+    """After each batch's sampling, before its infotext is written."""
+    run = current_run(p)
+    if run is not None and getattr(shared.opts, STATS_OPTION, False):
+        p.extra_generation_params[STATS_KEY] = run.stats()
 
 
 def on_cfg_denoiser(params) -> None:
