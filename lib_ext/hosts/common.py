@@ -17,6 +17,7 @@ RUN_ATTR = "uncond_lab_run"              # the UncondRun of the generation that 
 OVERRIDES_ATTR = "uncond_lab_overrides"  # settings an X/Y/Z axis (or the tab) put on `p`
 STATS_OPTION = "uncond_lab_stats"        # a WebUI setting: write what a generation cost us to its infotext
 STATS_KEY = "Uncond Lab stats"
+NOTE_KEY = "Uncond Lab note"             # infotext: where this generation's uncond choice has no effect
 
 
 # --- settings --------------------------------------------------------------------------------------------
@@ -90,7 +91,7 @@ def encode_null_uncond(p) -> Cond:
 def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
     """Attach a fresh UncondRun to `p` (dropping any copied from another `p`), or none when disabled."""
     setattr(p, RUN_ATTR, None)
-    for key in (*INFOTEXT_KEYS, STATS_KEY):
+    for key in (*INFOTEXT_KEYS, STATS_KEY, NOTE_KEY):
         p.extra_generation_params.pop(key, None)  # X/Y/Z cells and compare variants share this dict
     try:
         settings = settings_for(p, script_args)
@@ -103,8 +104,10 @@ def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
     run = UncondRun(settings, pooled_width)
     setattr(p, RUN_ATTR, run)
     p.extra_generation_params.update(settings.infotext(has_hires=bool(getattr(p, "enable_hr", False))))
-    for note in skipped_uncond_notes(p):
-        log.warning("Uncond Lab: %s", note)
+    notes = skipped_uncond_notes(p)
+    if notes:
+        log.warning("Uncond Lab: %s", "; ".join(notes))
+        p.extra_generation_params[NOTE_KEY] = "; ".join(notes)
     return run
 
 
@@ -162,6 +165,8 @@ def skipped_uncond_notes(p) -> list[str]:
         notes.append("negative guidance minimum sigma (NGMS) skips the uncond on low-sigma steps")
     if getattr(shared.opts, "skip_early_cond", 0) > 0:
         notes.append("'Skip early CFG' skips the uncond on the first steps")
+    if getattr(p, "enable_hr", False) and getattr(p, "hr_cfg", None) == 1 and host.SKIPS_UNCOND_AT_CFG1:
+        notes.append("the hires pass runs at CFG 1 (reForge's hires CFG), so it computes no uncond")
     return notes
 
 
