@@ -9,8 +9,9 @@ alternate in a shuffled order, and the ratio is of medians, because these machin
 own counters come from its "Uncond Lab stats" infotext entry (the option `uncond_lab_stats`, switched on for
 the run and restored afterwards).
 
-Last line: `enabled/disabled=X.XXX te_calls_per_batch=N te_calls_per_step=0 hook_us_per_call=U` (goals: ratio
-≤ 1.02, one extra text-encoder call per batch, none per step).
+Last line: `enabled/disabled=X.XXX te_calls_per_batch=N te_calls_per_step=S hook_us_per_call=U` (goals: ratio
+≤ 1.02, one extra text-encoder call per batch, none per step). The line above it gives the share of a generation
+that Uncond Lab's own clock accounts for (te("") encoding + the hook), a cross-check when the machine is busy.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.webui.client import WebUI  # noqa: E402  (the repo's small stdlib API client)
 
 ENABLED = {"enabled": True, "zero_weight": 0.5, "start": 0.0, "end": 1.0}
-STATS = re.compile(r"te calls (\d+), denoiser calls (\d+), blended (\d+), hook (\d+) us/call")
+STATS = re.compile(r"te calls (\d+) \((\d+) ms\), denoiser calls (\d+), blended (\d+), hook (\d+) us/call")
 
 
 def main() -> int:
@@ -74,11 +75,14 @@ def main() -> int:
     if stats is None:
         print("no 'Uncond Lab stats' in the infotext: is Uncond Lab installed in this WebUI?")
         return 1
-    te_calls, denoiser_calls, blended, hook_us = map(int, stats.groups())
+    te_calls, te_ms, denoiser_calls, blended, hook_us = map(int, stats.groups())
     te_calls_per_step = (int(longer.group(1)) - te_calls) / args.steps
-    print(f"Uncond Lab per generation: {te_calls} text-encoder call(s), {denoiser_calls} denoiser calls "
-          f"({blended} blended), {hook_us} us in the hook per call; at {2 * args.steps} steps "
+    accounted = (te_ms / 1e3 + denoiser_calls * hook_us / 1e6) / disabled
+    print(f"Uncond Lab per generation: {te_calls} text-encoder call(s) ({te_ms} ms), {denoiser_calls} denoiser "
+          f"calls ({blended} blended), {hook_us} us in the hook per call; at {2 * args.steps} steps "
           f"{longer.group(1)} text-encoder call(s)")
+    print(f"time Uncond Lab itself accounts for: {100 * accounted:.2f} % of a disabled generation "
+          "(its own clock, insensitive to other jobs on the machine; the wall-clock ratio below is not)")
     print(f"enabled/disabled={enabled / disabled:.3f} te_calls_per_batch={te_calls} "
           f"te_calls_per_step={te_calls_per_step:g} hook_us_per_call={hook_us}")
     return 0

@@ -173,15 +173,18 @@ class UncondRun:
         self.schedule: UncondSchedule | None = None
         self.window: SigmaWindow | None = None
         self.text_encoder_calls = 0  # te("") encodings: one per batch, none per step
+        self.text_encoder_seconds = 0.0
         self.denoiser_calls = 0
         self.blended_calls = 0
         self.hook_seconds = 0.0  # time spent in uncond_for_call, for the benchmark
         self._last: tuple[float, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
 
-    def begin_batch(self, null_uncond: Cond | None) -> None:
+    def begin_batch(self, null_uncond: Cond | None, seconds: float = 0.0) -> None:
+        """te("") of this batch (None where no WebUI zeroing is possible) and the time its encoding took."""
         self.null_uncond = null_uncond
         if null_uncond is not None:
             self.text_encoder_calls += 1
+            self.text_encoder_seconds += seconds
 
     def begin_pass(self, hires: bool) -> None:
         """A sampler run starts; its window is resolved at its first denoiser call, once every script has
@@ -216,5 +219,5 @@ class UncondRun:
     def stats(self) -> str:
         """One infotext value: what this generation cost Uncond Lab."""
         per_call_us = 1e6 * self.hook_seconds / max(self.denoiser_calls, 1)
-        return (f"te calls {self.text_encoder_calls}, denoiser calls {self.denoiser_calls}, "
-                f"blended {self.blended_calls}, hook {per_call_us:.0f} us/call")
+        return (f"te calls {self.text_encoder_calls} ({1e3 * self.text_encoder_seconds:.0f} ms), denoiser calls "
+                f"{self.denoiser_calls}, blended {self.blended_calls}, hook {per_call_us:.0f} us/call")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -118,8 +119,14 @@ def current_run(p) -> UncondRun | None:
 def begin_batch(p) -> None:
     """Once per batch, after LoRA/TI activation and before the WebUI encodes its conds."""
     run = current_run(p)
-    if run is not None:
-        run.begin_batch(encode_null_uncond(p) if is_dict_cond_model(p.sd_model) else None)
+    if run is None:
+        return
+    if not is_dict_cond_model(p.sd_model):  # SD1/SD2: the WebUIs never zero, te("") is never needed
+        run.begin_batch(None)
+        return
+    started = time.perf_counter()
+    null_uncond = encode_null_uncond(p)
+    run.begin_batch(null_uncond, time.perf_counter() - started)
 
 
 def begin_pass(p) -> None:
