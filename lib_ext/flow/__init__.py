@@ -4,7 +4,8 @@ One concept per module: `schedule` (shift, sigma table, percent_to_sigma, the RF
 k-diffusion flow denoiser, flow noising), `ancestral` (Euler a for flow), `policy` (which WebUI samplers and
 schedule types may run), `metadata` (what a checkpoint declares about its objective).
 """
-from lib_ext.flow.ancestral import RfAncestralStep, rf_ancestral_step, sample_euler_ancestral_rf
+from lib_ext.flow.ancestral import (RfAncestralStep, rf_ancestral_step, sample_euler_ancestral_rf,
+                                   seeded_euler_ancestral_rf)
 from lib_ext.flow.denoiser import (DEFAULT_MULTIPLIER, FlowDenoiser, denoised_from_velocity, flow_noise,
                                    flow_noise_as_ve_noise, velocity_from_denoised)
 from lib_ext.flow.metadata import declared_prediction, declares_flow
@@ -24,6 +25,7 @@ __all__ = [
     "check_flow_sigmas", "declared_prediction", "declares_flow", "denoised_from_velocity", "flow_noise",
     "flow_noise_as_ve_noise", "flow_percent_to_sigma", "flow_schedule", "flow_scheduler", "flow_sigmas",
     "require_rf_sampler", "rf_ancestral_step", "rf_refusal_message", "rf_sampler_policy", "rf_schedule_problem",
-    "rf_setting_conflicts", "rf_working_samplers", "sample_euler_ancestral_rf", "time_shift",
+    "rf_setting_conflicts", "rf_working_samplers", "sample_euler_ancestral_rf", "seeded_euler_ancestral_rf",
+    "time_shift",
     "velocity_from_denoised",
 ]
