@@ -53,10 +53,13 @@ def test_extra_noise_only_matters_where_a_latent_is_noised():
 
 
 def test_churn_conflicts_only_with_samplers_that_churn():
-    assert rf_problems(facts(sampler="LMS", sigma_churn=0.5)) == []
-    (message,) = rf_problems(facts(sampler="Euler", sigma_churn=0.5))
+    assert rf_problems(facts(sampler="LMS", sigma_churn={"LMS": 0.5})) == []
+    (message,) = rf_problems(facts(sampler="Euler", sigma_churn={"Euler": 0.5}))
     assert "'Sigma churn' (0.5) makes Euler add VE noise" in message
-    assert len(rf_problems(facts(sampler="Euler", hires_sampler="Heun", sigma_churn=0.5))) == 2
+    assert len(rf_problems(facts(sampler="Euler", hires_sampler="Heun", sigma_churn={"Euler": 0.5, "Heun": 1}))) == 2
+    # Each sampler with its own churn (reForge's Comfy samplers read their own options).
+    assert rf_problems(facts(sampler="Euler Comfy", hires_sampler="Euler", sigma_churn={"Euler": 0.5})) != []
+    assert rf_problems(facts(sampler="Euler Comfy", sigma_churn={"Euler": 0.5})) == []
 
 
 def test_every_conflict_is_reported_with_the_prefix():

@@ -7,7 +7,7 @@ generation, in the script's `process()`, the last hook that can still stop a gen
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lib_ext.flow.metadata import declares_flow
@@ -59,7 +59,7 @@ class GenerationFacts:
     sgm_noise_multiplier: bool = False
     zero_terminal_snr: bool = False
     img2img_extra_noise: float = 0.0
-    sigma_churn: float = 0.0
+    sigma_churn: Mapping[str, float] = field(default_factory=dict)  # per sampler: the churn it would use
     is_sd3: bool = False                      # a real SD3 model: it has its own flow sampling, never touched
     refiner: str | None = None                # a refiner that will take over mid-sampling
     hires_checkpoint: str | None = None       # another checkpoint for the hires pass
@@ -94,7 +94,7 @@ def rf_problems(facts: GenerationFacts) -> list[str]:
         sgm_noise_multiplier=facts.sgm_noise_multiplier, zero_terminal_snr=facts.zero_terminal_snr,
         img2img_extra_noise=facts.img2img_extra_noise if facts.noises_a_latent else 0.0)
     for sampler in dict.fromkeys(samplers):
-        conflicts += rf_setting_conflicts(sigma_churn=facts.sigma_churn, sampler_name=sampler)
+        conflicts += rf_setting_conflicts(sigma_churn=facts.sigma_churn.get(sampler, 0.0), sampler_name=sampler)
     problems += [PREFIX + conflict for conflict in dict.fromkeys(conflicts)]
     return problems
 

@@ -54,6 +54,11 @@ def zero_terminal_snr(p) -> bool:
     return getattr(shared.opts, "sd_noise_schedule", "Default") == "Zero Terminal SNR"
 
 
+def sigma_churn(p, sampler_name: str) -> float:
+    """The churn a k-diffusion sampler gets: the option wins over p (sd_samplers_common.Sampler.initialize)."""
+    return float(getattr(shared.opts, "s_churn", getattr(p, "s_churn", 0.0)) or 0.0)
+
+
 def competing_model_sampling(p) -> str | None:
     """A1111 has no other feature that replaces the model's sampling."""
     return None

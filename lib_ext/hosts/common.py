@@ -6,7 +6,7 @@ import logging
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-from modules import devices, prompt_parser, scripts, sd_samplers, sd_schedulers, shared
+from modules import devices, prompt_parser, scripts, sd_models, sd_samplers, sd_schedulers, shared
 
 from lib_ext.flow import (RF_SCHEDULER_LABEL, RF_SCHEDULER_NAME, GenerationFacts, RfPlan, declares_flow,
                           flow_scheduler, pass_value, resolve_rf, rf_problems, rf_schedule_without_rf)
@@ -173,8 +173,18 @@ def skipped_uncond_notes(p) -> list[str]:
 # is left to undo after an error or an interrupt.
 
 def checkpoint_metadata(p) -> dict | None:
-    """The loaded checkpoint's safetensors `__metadata__` (both WebUIs cache it on the CheckpointInfo)."""
-    return getattr(getattr(p.sd_model, "sd_checkpoint_info", None), "metadata", None)
+    """The loaded checkpoint's safetensors `__metadata__`, read from the file's header (a few KB).
+
+    Not `CheckpointInfo.metadata`: reForge's memory cleanup on every checkpoint switch strips that cache to
+    'ss_sd_model_name' for every checkpoint (modules/sd_models.py force_memory_deallocation)."""
+    info = getattr(p.sd_model, "sd_checkpoint_info", None)
+    if info is None or not getattr(info, "is_safetensors", False):
+        return None
+    try:
+        return sd_models.read_metadata_from_safetensors(info.filename)
+    except Exception as error:  # noqa: BLE001  (an unreadable header declares nothing; say so)
+        log.warning("Uncond Lab: could not read the metadata of %s: %s", info.filename, error)
+        return None
 
 
 def pass_schedulers(p) -> list[str | None]:
@@ -204,17 +214,19 @@ def generation_facts(p) -> GenerationFacts:
         hires_checkpoint = None
     refiner = getattr(p, "refiner_checkpoint_info", None)
     switch_at = getattr(p, "refiner_switch_at", None)
+    hires_sampler = (pass_value(getattr(p, "hr_sampler_name", None)) or p.sampler_name) if hires else None
+    samplers = [p.sampler_name] + ([hires_sampler] if hires_sampler else [])
     return GenerationFacts(
         sampler=p.sampler_name,
         scheduler=first,
-        hires_sampler=(pass_value(getattr(p, "hr_sampler_name", None)) or p.sampler_name) if hires else None,
+        hires_sampler=hires_sampler,
         hires_scheduler=second,
         noises_a_latent=hires or hasattr(p, "init_images"),
         available_samplers=tuple(s.name for s in sd_samplers.all_samplers),
         sgm_noise_multiplier=bool(getattr(opts, "sgm_noise_multiplier", False)),
         zero_terminal_snr=host.zero_terminal_snr(p),
         img2img_extra_noise=float(getattr(opts, "img2img_extra_noise", 0.0) or 0.0),
-        sigma_churn=float(getattr(opts, "s_churn", 0.0) or 0.0),
+        sigma_churn={name: host.sigma_churn(p, name) for name in samplers},
         is_sd3=bool(getattr(p.sd_model, "is_sd3", False)),
         refiner=refiner.short_title if refiner is not None and (switch_at is None or switch_at < 1) else None,
         hires_checkpoint=hires_checkpoint,

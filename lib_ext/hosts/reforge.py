@@ -7,10 +7,9 @@ import logging
 import torch
 from ldm_patched.modules import model_sampling as ldm_model_sampling
 from modules import sd_samplers_common, sd_samplers_kdiffusion, shared
-from modules_forge.forge_alter_samplers import AlterSampler
 
 from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, check_flow_sigmas, flow_noise_as_ve_noise,
-                          flow_schedule, is_rf_schedule, rf_sampler_policy, seeded_euler_ancestral_rf)
+                          rf_sampler_policy, seeded_euler_ancestral_rf)
 
 log = logging.getLogger("uncond_lab")
 
@@ -39,8 +38,9 @@ def percent_to_sigma(denoiser, percent: float) -> float:
 # - the sampler's `model_wrap` becomes a flow denoiser with the SAME table (only sigma bookkeeping here: the
 #   schedules, sigma_min/max) and a live `model_patcher` (the Comfy samplers read model_sampling through it);
 # - img2img/hires noising via `p.modified_noise = noise - x`, reForge's own hook;
-# - Euler a runs as RF Euler a; the RF schedule also reaches the Comfy "AlterSamplers", which ignore the
-#   WebUI's scheduler registry;
+# - Euler a runs as RF Euler a. (The Comfy "AlterSamplers" compute their schedule from the patched model
+#   sampling by their own name table; reForge turns any other schedule name, ours included, into "Normal" for
+#   them before any script runs. Their "Simple" is the RF schedule value for value when the steps divide 1000.)
 # - after the run the model's own `model_sampling` attribute is put back (object patches otherwise stay on the
 #   shared model until the next UNet load, and reForge's Zero-Terminal-SNR code reads that attribute between
 #   generations).
@@ -82,6 +82,23 @@ def zero_terminal_snr(p) -> bool:
     """The option, or a checkpoint with the `ztsnr` key (reForge processing applies both to model_sampling)."""
     return (getattr(shared.opts, "sd_noise_schedule", "Default") == "Zero Terminal SNR"
             or bool(getattr(p.sd_model, "ztsnr", False)))
+
+
+# Samplers that run ldm_patched's Euler/Heun, which read their churn from their own options, not s_churn
+# (ldm_patched/k_diffusion/sampling.py sample_euler, sample_heun, sample_heunpp2).
+_COMFY_CHURN_OPTIONS = {"Euler Comfy": "euler_og_s_churn", "Heun Comfy": "heun_og_s_churn",
+                        "HeunPP2": "heunpp2_s_churn"}
+_COMFY_BACKEND_CHURN_OPTIONS = {"Euler": "euler_og_s_churn", "Heun": "heun_og_s_churn"}  # sd_sampling = Comfy
+
+
+def sigma_churn(p, sampler_name: str) -> float:
+    """The churn the sampler will use: the Comfy-side option of its function, else s_churn (option over p)."""
+    option = _COMFY_CHURN_OPTIONS.get(sampler_name)
+    if option is None and getattr(shared.opts, "sd_sampling", "A1111") == "ldm patched (Comfy)":
+        option = _COMFY_BACKEND_CHURN_OPTIONS.get(sampler_name)
+    if option is not None:
+        return float(getattr(shared.opts, option, 0.0) or 0.0)
+    return float(getattr(shared.opts, "s_churn", getattr(p, "s_churn", 0.0)) or 0.0)
 
 
 def competing_model_sampling(p) -> str | None:
@@ -142,7 +159,7 @@ def install_flow(p, plan: RfPlan, x: torch.Tensor | None, noise: torch.Tensor | 
         func = sampler.func
         if rf_sampler_policy(sampler.config.name).action == SUBSTITUTE:
             func = seeded_euler_ancestral_rf(lambda: sd_samplers_common.sampling.torch.randn_like)
-        get_sigmas = _checked_sigmas(_rf_schedule_for_alter_samplers(sampler, plan))
+        get_sigmas = _checked_sigmas(sampler.get_sigmas)
         sample, sample_img2img = _restoring_model_sampling(sampler.sample), _restoring_model_sampling(
             sampler.sample_img2img)
 
@@ -155,21 +172,6 @@ def install_flow(p, plan: RfPlan, x: torch.Tensor | None, noise: torch.Tensor | 
         sampler.func, sampler.get_sigmas = func, get_sigmas
         sampler.sample, sampler.sample_img2img = sample, sample_img2img
         setattr(sampler, FLOW_MARK, plan)
-
-
-def _rf_schedule_for_alter_samplers(sampler, plan: RfPlan):
-    """The Comfy AlterSamplers compute their schedule from the model sampling by their own name table and fall
-    back to 'normal' for a name they do not know; give them the RF schedule when it is the one picked."""
-    get_sigmas = sampler.get_sigmas
-    if not isinstance(sampler, AlterSampler):
-        return get_sigmas
-
-    @functools.wraps(get_sigmas)
-    def get_sigmas_with_rf(p, steps):
-        if is_rf_schedule(p.hr_scheduler if p.is_hr_pass else p.scheduler):
-            return flow_schedule(steps, plan.shift)
-        return get_sigmas(p, steps)
-    return get_sigmas_with_rf
 
 
 def _checked_sigmas(get_sigmas):
