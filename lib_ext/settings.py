@@ -126,6 +126,7 @@ class Settings:
     hr_zero_weight: float = _setting(0.0, "Uncond hires zero weight", _fraction)
     hr_start: float = _setting(0.0, "Uncond hires start", _fraction)
     hr_end: float = _setting(1.0, "Uncond hires end", _fraction)
+    compare: bool = _setting(False, "Compare zero vs null", _as_bool, infotext=False)
     rf: bool | None = _setting(None, "RF", _prediction, infotext=False)  # infotext: the RF keys' presence
     shift: float = _setting(3.0, "RF shift", _shift)
     multiplier: float = _setting(DEFAULT_MULTIPLIER, "RF multiplier", _multiplier)
@@ -223,3 +224,4 @@ class Settings:
 # The order of the dataclass fields is the order of the UI's controls (see the module docstring).
 FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(Settings)
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
+INFOTEXT_KEYS = tuple(f.metadata["label"] for f in FIELDS if f.metadata["infotext"])

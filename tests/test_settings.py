@@ -118,10 +118,10 @@ def test_frozen():
 def test_rf_fields_are_appended_after_the_uncond_ones():
     # The positional ABI: old UI/API arg lists (8 values) still parse, with RF at its defaults.
     names = [f.name for f in FIELDS]
-    assert names[8:] == ["rf", "shift", "multiplier"]
+    assert names[9:] == ["rf", "shift", "multiplier"]
     s = Settings.from_script_args([True, 0.5, 0.1, 0.9, "Own settings", 1, 0, 0.5])
     assert (s.rf, s.shift, s.multiplier) == (None, 3.0, 1000.0)
-    s = Settings.from_script_args([True, 0, 0, 1, "same", 0, 0, 1, "Rectified flow", 2.5, 500])
+    s = Settings.from_script_args([True, 0, 0, 1, "same", 0, 0, 1, False, "Rectified flow", 2.5, 500])
     assert (s.rf, s.shift, s.multiplier) == (True, 2.5, 500.0)
 
 

@@ -5,10 +5,12 @@ import functools
 
 import k_diffusion.sampling
 import torch
-from modules import sd_samplers_kdiffusion, sd_samplers_timesteps, shared
+from k_diffusion.external import CompVisDenoiser, CompVisVDenoiser
+from modules import devices, sd_samplers_kdiffusion, sd_samplers_timesteps, shared
 
 from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, check_flow_sigmas, flow_noise_as_ve_noise,
                           rf_sampler_policy, seeded_euler_ancestral_rf)
+from lib_ext.probe import ve_noising
 from lib_ext.uncond import discrete_percent_to_sigma
 
 # A1111 evaluates the uncond even at CFG 1 (it just cancels out); reForge skips it.
@@ -38,6 +40,26 @@ def percent_to_sigma(denoiser, percent: float) -> float:
     if sigmas is None:  # DDIM/PLMS/UniPC wrap the model without a sigma table
         sigmas = _sigmas_from_alphas(denoiser.p.sd_model.alphas_cumprod)
     return discrete_percent_to_sigma(percent, sigmas)
+
+
+# --- probe -----------------------------------------------------------------------------------------------
+
+def probe_model(sd_model):
+    """The loaded model as the probe sees it: x0 = denoise(x, sigma, cond), its sigma table, its noising.
+
+    The same k-diffusion wrapper A1111's samplers use (eps or v), called the way its CFG denoiser calls it.
+    """
+    wrapper = CompVisVDenoiser if sd_model.parameterization == "v" else CompVisDenoiser
+    denoiser = wrapper(sd_model, quantize=shared.opts.enable_quantization)
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
+        image_cond = x.new_zeros(x.shape[0], 5, 1, 1)  # txt2img's, ignored by non-inpainting models
+        condition = {**cond, "c_concat": [image_cond]} if isinstance(cond, dict) else \
+            {"c_crossattn": [cond], "c_concat": [image_cond]}
+        with devices.autocast():
+            return denoiser(x, sigma, cond=condition).float()
+
+    return denoise, denoiser.sigmas, ve_noising
 
 
 # --- rectified flow --------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from modules import devices, prompt_parser, scripts, sd_models, sd_samplers, sd_
 from lib_ext.flow import (RF_SCHEDULER_LABEL, RF_SCHEDULER_NAME, GenerationFacts, RfPlan, declares_flow,
                           flow_scheduler, pass_value, resolve_rf, rf_problems, rf_schedule_without_rf)
 from lib_ext.hosts import host
-from lib_ext.settings import SHIFT_RANGE, Settings, SettingsError
+from lib_ext.settings import INFOTEXT_KEYS, SHIFT_RANGE, Settings, SettingsError
 from lib_ext.uncond import Cond, UncondRun
 
 log = logging.getLogger("uncond_lab")
@@ -19,6 +19,9 @@ log = logging.getLogger("uncond_lab")
 RUN_ATTR = "uncond_lab_run"              # the UncondRun of the generation that `p` is
 FLOW_ATTR = "uncond_lab_flow"            # the RfPlan of that generation, None when it does not sample as RF
 OVERRIDES_ATTR = "uncond_lab_overrides"  # settings an X/Y/Z axis (or the tab) put on `p`
+STATS_OPTION = "uncond_lab_stats"        # a WebUI setting: write what a generation cost us to its infotext
+STATS_KEY = "Uncond Lab stats"
+NOTE_KEY = "Uncond Lab note"             # infotext: where this generation's uncond choice has no effect
 
 
 # --- settings --------------------------------------------------------------------------------------------
@@ -93,6 +96,8 @@ def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
     """Attach a fresh UncondRun (and RfPlan) to `p`, dropping any copied from another `p`; none when disabled."""
     setattr(p, RUN_ATTR, None)
     setattr(p, FLOW_ATTR, None)
+    for key in (*INFOTEXT_KEYS, STATS_KEY, NOTE_KEY):
+        p.extra_generation_params.pop(key, None)  # X/Y/Z cells and compare variants share this dict
     try:
         settings = settings_for(p, script_args)
     except SettingsError as error:
@@ -109,12 +114,14 @@ def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
     if not ok:
         return None
     pooled_width = text_pooled_width(p.sd_model) if is_dict_cond_model(p.sd_model) else 0
-    run = UncondRun(settings.schedule, pooled_width)
+    run = UncondRun(settings, pooled_width)
     setattr(p, RUN_ATTR, run)
     p.extra_generation_params.update(settings.infotext(has_hires=bool(getattr(p, "enable_hr", False)),
                                                        rf_ran=plan is not None))
-    for note in skipped_uncond_notes(p):
-        log.warning("Uncond Lab: %s", note)
+    notes = skipped_uncond_notes(p)
+    if notes:
+        log.warning("Uncond Lab: %s", "; ".join(notes))
+        p.extra_generation_params[NOTE_KEY] = "; ".join(notes)
     return run
 
 
@@ -144,6 +151,19 @@ def end_run(p) -> None:
     setattr(p, FLOW_ATTR, None)
 
 
+def add_options() -> None:
+    shared.opts.add_option(STATS_OPTION, shared.OptionInfo(
+        False, "Write Uncond Lab's cost to the infotext (text-encoder calls, hook time per call)",
+        section=("uncond_lab", "Uncond Lab")).info("for bench/uncond_hook.py"))
+
+
+def write_stats(p) -> None:
+    """After each batch's sampling, before its infotext is written."""
+    run = current_run(p)
+    if run is not None and getattr(shared.opts, STATS_OPTION, False):
+        p.extra_generation_params[STATS_KEY] = run.stats()
+
+
 def on_cfg_denoiser(params) -> None:
     """Every denoiser call: swap in the scheduled uncond. A no-op unless this `p` has an UncondRun."""
     denoiser = getattr(params, "denoiser", None)
@@ -164,6 +184,8 @@ def skipped_uncond_notes(p) -> list[str]:
         notes.append("negative guidance minimum sigma (NGMS) skips the uncond on low-sigma steps")
     if getattr(shared.opts, "skip_early_cond", 0) > 0:
         notes.append("'Skip early CFG' skips the uncond on the first steps")
+    if getattr(p, "enable_hr", False) and getattr(p, "hr_cfg", None) == 1 and host.SKIPS_UNCOND_AT_CFG1:
+        notes.append("the hires pass runs at CFG 1 (reForge's hires CFG), so it computes no uncond")
     return notes
 
 

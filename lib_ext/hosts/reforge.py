@@ -5,11 +5,14 @@ import functools
 import logging
 
 import torch
+from ldm_patched.modules import model_management
 from ldm_patched.modules import model_sampling as ldm_model_sampling
+from ldm_patched.modules.model_sampling import CONST
 from modules import sd_samplers_common, sd_samplers_kdiffusion, shared
 
 from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, check_flow_sigmas, flow_noise_as_ve_noise,
                           rf_sampler_policy, seeded_euler_ancestral_rf)
+from lib_ext.probe import flow_noising, ve_noising
 
 log = logging.getLogger("uncond_lab")
 
@@ -27,6 +30,31 @@ def percent_to_sigma(denoiser, percent: float) -> float:
     """ComfyUI's own percent → sigma of the model sampling in use (flow patches included)."""
     model_sampling = denoiser.p.sd_model.forge_objects.unet.get_model_object("model_sampling")
     return float(model_sampling.percent_to_sigma(percent))
+
+
+# --- probe -----------------------------------------------------------------------------------------------
+
+def probe_model(sd_model):
+    """The loaded model as the probe sees it: x0 = denoise(x, sigma, cond), its sigma table, its noising.
+
+    ComfyUI's `BaseModel.apply_model` takes sigma and returns x0 through the model's own `model_sampling`
+    (eps, v or flow alike); the patcher is loaded first so LoRA patches are on the weights.
+    """
+    unet = sd_model.forge_objects.unet
+    model_management.load_models_gpu([unet])
+    model = unet.model
+    model_sampling = model.model_sampling
+    noising = flow_noising if isinstance(model_sampling, CONST) else ve_noising
+    device = model_management.get_torch_device()
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
+        if isinstance(cond, dict):
+            kwargs = {"c_crossattn": cond["crossattn"].to(device), "y": cond["vector"].to(device)}
+        else:
+            kwargs = {"c_crossattn": cond.to(device)}
+        return model.apply_model(x.to(device), sigma.to(device), **kwargs).float()
+
+    return denoise, model_sampling.sigmas, noising
 
 
 # --- rectified flow --------------------------------------------------------------------------------------

@@ -38,6 +38,9 @@ class UncondAccordion:
                     self._slider("hr_end", "Hires end", defaults.hr_end)
                 hr_mode.change(lambda mode: gr.update(visible=mode == HIRES_MODES["own"]), hr_mode, own_row,
                                show_progress=False)
+            self.controls["compare"] = gr.Checkbox(
+                defaults.compare, label="Compare zero vs null (renders the WebUI default, null and zero too)",
+                elem_id=self.elem_id("compare"))
             with gr.Accordion("Rectified flow", open=False, elem_id=self.elem_id("rf_group")):
                 self.controls["rf"] = gr.Radio(list(PREDICTIONS.values()), value=PREDICTIONS[defaults.rf],
                                                label="Prediction", elem_id=self.elem_id("rf"))

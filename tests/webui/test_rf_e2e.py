@@ -173,7 +173,7 @@ def test_sd15_bad_rf_settings_are_refused(sd15):
 def test_sd15_api_labels_and_positional_args(sd15):
     expected = sd15.txt2img(RF, **RF_SCHEDULE).pixels
     assert sd15.txt2img({"enabled": True, "rf": PREDICTIONS[True]}, **RF_SCHEDULE).pixels == expected
-    positional = [True, 0.0, 0.0, 1.0, "same", 0.0, 0.0, 1.0, PREDICTIONS[True], 3.0, 1000.0]
+    positional = [True, 0.0, 0.0, 1.0, "same", 0.0, 0.0, 1.0, False, PREDICTIONS[True], 3.0, 1000.0]
     assert sd15.txt2img(positional, **RF_SCHEDULE).pixels == expected
 
 
