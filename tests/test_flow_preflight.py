@@ -24,6 +24,12 @@ def test_resolve_rf(choice, metadata, expected):
     assert resolve_rf(choice, metadata) == expected
 
 
+def test_an_sd3_checkpoint_keeps_its_own_flow_sampling_by_default():
+    # Regression: an SD3 file declaring flow must not turn "Model default" into a refusal.
+    assert resolve_rf(None, {"modelspec.prediction_type": "flow"}, is_sd3=True) == (False, "sd3")
+    assert resolve_rf(True, None, is_sd3=True) == (True, "setting")  # explicit: refused by rf_problems
+
+
 def test_a_plain_setup_has_no_problem():
     assert rf_problems(facts(sampler="Euler", scheduler=RF_SCHEDULER_LABEL, hires_sampler="Heun")) == []
     assert rf_problems(facts(sampler="Euler a", scheduler="Karras", noises_a_latent=True)) == []

@@ -30,11 +30,14 @@ class RfPlan:
     source: str  # "setting": the user chose RF; "metadata": the checkpoint declares a flow objective
 
 
-def resolve_rf(choice: bool | None, metadata: Mapping[str, Any] | None) -> tuple[bool, str]:
+def resolve_rf(choice: bool | None, metadata: Mapping[str, Any] | None, is_sd3: bool = False) -> tuple[bool, str]:
     """(RF on?, why): an explicit choice wins; "model default" (None) is RF exactly when the checkpoint's
-    safetensors metadata declares a flow objective. Never guessed from the file name."""
+    safetensors metadata declares a flow objective. Never guessed from the file name. An SD3 checkpoint samples
+    as flow by itself: its default is its own sampling, whatever its metadata says."""
     if choice is not None:
         return bool(choice), "setting"
+    if is_sd3:
+        return False, "sd3"
     return declares_flow(metadata), "metadata"
 
 
@@ -70,7 +73,7 @@ def rf_problems(facts: GenerationFacts) -> list[str]:
     """Why this generation cannot sample as rectified flow, one full sentence each; empty when it can."""
     if facts.is_sd3:
         return [PREFIX + "the loaded checkpoint is SD3, which samples as rectified flow by itself; Uncond Lab "
-                         "never changes an SD3 model. Set Prediction to 'Model default'."]
+                         "never changes an SD3 model. Set Prediction to 'Model default' or 'Model's own'."]
     problems = []
     if facts.competing_model_sampling:
         problems.append(PREFIX + f"{facts.competing_model_sampling} is enabled and also replaces the model "

@@ -106,7 +106,7 @@ def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
     if not settings.enabled:
         # Nothing changes; but the RF schedule (ours, in the WebUI's list) would fail mid-sampling without RF.
         refuse_rf_schedule_without_rf(p)
-        if declares_flow(checkpoint_metadata(p)):
+        if not getattr(p.sd_model, "is_sd3", False) and declares_flow(checkpoint_metadata(p)):
             log.warning("Uncond Lab: this checkpoint declares a rectified-flow objective in its metadata; enable "
                         "Uncond Lab (Prediction: Model default) to sample it as rectified flow")
         return None
@@ -259,7 +259,7 @@ def generation_facts(p) -> GenerationFacts:
 def start_flow(p, settings: Settings) -> tuple[bool, RfPlan | None]:
     """(may the generation go on?, its RfPlan or None). Refuses with a message where RF cannot be right."""
     host.clean_leftovers(p)
-    rf_on, source = resolve_rf(settings.rf, checkpoint_metadata(p))
+    rf_on, source = resolve_rf(settings.rf, checkpoint_metadata(p), is_sd3=bool(getattr(p.sd_model, "is_sd3", False)))
     competing = host.competing_model_sampling(p)
     if rf_on and source == "metadata" and competing:
         # An implicit default gives way to what the user switched on for this generation.
