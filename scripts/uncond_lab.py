@@ -25,7 +25,7 @@ class UncondLabScript(scripts.Script):
         common.begin_batch(p)
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        common.begin_pass(p)
+        common.begin_pass(p, x=kwargs.get("x"), noise=kwargs.get("noise"))
 
     def postprocess_batch(self, p, *args, **kwargs):
         common.write_stats(p)
@@ -37,6 +37,9 @@ class UncondLabScript(scripts.Script):
             compare_grid.run_compare(p, processed, run.settings)
 
 
+common.register_rf_scheduler()  # at import: the UI builds its 'Schedule type' dropdowns from the list after this
+
 script_callbacks.on_cfg_denoiser(common.on_cfg_denoiser, name="uncond_lab")
+script_callbacks.on_script_unloaded(common.unregister_rf_scheduler, name="uncond_lab_rf_scheduler")
 script_callbacks.on_ui_settings(common.add_options, name="uncond_lab_options")
 script_callbacks.on_before_ui(lambda: common.register_xyz_axes(common.uncond_axes), name="uncond_lab_xyz")

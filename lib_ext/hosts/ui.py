@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 from modules.ui_components import InputAccordion
 
-from lib_ext.settings import FIELD_BY_NAME, HIRES_MODES, Settings
+from lib_ext.settings import FIELD_BY_NAME, HIRES_MODES, PREDICTIONS, Settings
 
 
 def _label(name: str) -> str:
@@ -41,6 +41,15 @@ class UncondAccordion:
             self.controls["compare"] = gr.Checkbox(
                 defaults.compare, label="Compare zero vs null (renders the WebUI default, null and zero too)",
                 elem_id=self.elem_id("compare"))
+            with gr.Accordion("Rectified flow", open=False, elem_id=self.elem_id("rf_group")):
+                self.controls["rf"] = gr.Radio(list(PREDICTIONS.values()), value=PREDICTIONS[defaults.rf],
+                                               label="Prediction", elem_id=self.elem_id("rf"))
+                with gr.Row():
+                    self.controls["shift"] = gr.Number(value=defaults.shift, label="Shift", step=0.1,
+                                                       elem_id=self.elem_id("shift"))
+                    with gr.Accordion("Advanced", open=False, elem_id=self.elem_id("rf_advanced")):
+                        self.controls["multiplier"] = gr.Number(value=defaults.multiplier, label="Timestep multiplier",
+                                                                step=1, elem_id=self.elem_id("multiplier"))
         return [self.controls[name] for name in FIELD_BY_NAME]
 
     def _slider(self, name: str, label: str, value: float) -> None:

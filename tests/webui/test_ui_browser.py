@@ -46,7 +46,7 @@ def number_value(page, elem_id: str) -> float:
 
 def test_accordion_has_every_control_and_its_hint(page):
     page.locator("#script_txt2img_uncond_lab_enabled .label-wrap").first.click()
-    for name in ("zero_weight", "start", "end", "hr_mode", "compare"):
+    for name in ("zero_weight", "start", "end", "hr_mode", "compare", "rf", "shift", "multiplier"):
         element = page.locator(f"#script_txt2img_uncond_lab_{name}")
         assert element.count() == 1, name
         assert element.get_attribute("title"), f"no hint on {name}"
@@ -63,6 +63,16 @@ def test_infotext_paste_restores_the_settings(page):
     assert number_value(page, "script_txt2img_uncond_lab_end") == pytest.approx(0.9)
     assert page.locator("#script_txt2img_uncond_lab_enabled-checkbox input").is_checked()
     screenshot(page, "pasted")
+
+
+def test_infotext_paste_restores_rf(page):
+    page.locator("#txt2img_prompt textarea").fill(PASTED + ", RF shift: 2.5, Schedule type: Rectified Flow")
+    page.locator("#txt2img_tools #paste").click()
+    page.wait_for_function(
+        "() => document.querySelector('#script_txt2img_uncond_lab_shift input[type=number]').value == '2.5'",
+        timeout=30_000)
+    assert page.locator("#script_txt2img_uncond_lab_rf input[value='Rectified flow']").is_checked()
+    assert page.locator("#txt2img_scheduler input").input_value() == "Rectified Flow"  # the WebUI's own field
 
 
 def test_probe_tab_runs(page, webui):
@@ -85,7 +95,9 @@ def test_ui_reload_keeps_one_copy_of_each_axis(page, webui):
     page.wait_for_selector("#script_txt2img_uncond_lab_enabled", state="attached", timeout=180_000)
     info = next(s for s in webui.get("/sdapi/v1/script-info") if s["name"] == "x/y/z plot" and not s["is_img2img"])
     labels = info["args"][0]["choices"]
-    for axis in ("[Uncond Lab] Zero weight", "[Uncond Lab] Start", "[Uncond Lab] End"):
+    for axis in ("[Uncond Lab] Zero weight", "[Uncond Lab] Start", "[Uncond Lab] End", "[Uncond Lab] RF shift"):
         assert labels.count(axis) == 1, axis
+    # The RF schedule is in the WebUI's list once (the script re-registers it on import).
+    assert [s["label"] for s in webui.get("/sdapi/v1/schedulers")].count("Rectified Flow") == 1
     # The extension still works after the reload.
     assert webui.txt2img({"enabled": True, "zero_weight": 1.0}).images
