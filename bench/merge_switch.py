@@ -5,7 +5,8 @@ Weights: synthetic fp16 tensors with the parameter shapes of the SDXL UNet, gene
 context 2048, adm 2816, GEGLU feed-forward): 1680 tensors, 2,567,463,684 parameters, 5.13 GB per fp16 copy
 (the real model's count exactly; `sdxl_unet_shapes`). `--scale s` multiplies every tensor's first dimension by
 s (tensor count, and so the per-tensor overhead, unchanged); `--quick` is --scale 1/32 (160 MB per copy).
-Memory at full size: the live parameters + A + B = 15.4 GB, and (c) adds a 5.13 GB merged state dict.
+Memory at full size: the live parameters + A + B = 15.4 GB, and (c) adds a 5.13 GB merged state dict; the two
+checkpoint files take 2 × 5.13 GB in the temporary folder (--tmp).
 
 Measured in one run, each a median over --reps after one warm-up, ratios alternating 0.3 / 0.7 (never the
 endpoints, which are plain copies):
@@ -15,9 +16,12 @@ endpoints, which are plain copies):
               the parameters: 3 × the model's bytes, which this loop moves in one fused kernel per tensor with
               no bookkeeping. (A plain copy moves 2 × the bytes and is printed for reference as the raw
               bandwidth.)
-  (c) naive   what a merger without resident state does per ratio change, from weights already in RAM:
-              materialise the merged state dict as A1111's merger computes it, `(1 - r) * a + r * b` per key,
-              then `module.load_state_dict(merged)` (disk reads not counted, so this favours the naive path).
+  (c) naive   what a merger without resident copies does per ratio change: materialise the merged state dict
+              from the two checkpoints as A1111's merger computes it, `(1 - r) * a + r * b` per key, reading
+              A and B key by key from their .safetensors files (`safe_open`; the files sit in the page cache
+              after the warm-up, so no disk time is counted), then `module.load_state_dict(merged)`.
+  (c') naive from RAM: the same with A and B already in memory, printed for reference: it isolates what the
+              arithmetic and the load cost without the reads (about 3 × the switch on a CPU).
 peak_extra_mb: extra memory one switch needs beyond the resident copies and the parameters: on the CPU the
   peak resident set size (RSS, sampled every millisecond by a thread, from /proc/self/statm) during one
   untimed switch minus the RSS just before it; on CUDA `torch.cuda.max_memory_allocated()` minus the
@@ -29,6 +33,7 @@ naive/switch ≥ 10.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import math
@@ -36,11 +41,14 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from typing import Callable
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -238,6 +246,7 @@ def main(argv=None) -> None:
     parser.add_argument("--budget-s", type=float, default=None,
                         help="start no timed round after this many seconds (default: 25 with --quick, else none)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tmp", default=None, help="folder for the two checkpoint files of (c)")
     args = parser.parse_args(argv)
     scale = args.scale if args.scale is not None else (1 / 32 if args.quick else 1.0)
     device = torch.device(args.device)
@@ -274,19 +283,31 @@ def main(argv=None) -> None:
         for key, (a, _) in resident.items():
             live[key].copy_(a)
 
-    # (c) naive: the merged state dict, then load_state_dict
+    # (c) naive: the merged state dict from the checkpoint files, then load_state_dict; (c') from RAM
     names = {key: f"p{i}" for i, key in enumerate(live)}
     clean_a = {key: a for key, (a, _) in resident.items()}  # A's weights (the live ones get overwritten)
+    files = contextlib.ExitStack()
+    folder = files.enter_context(tempfile.TemporaryDirectory(prefix="merge_switch_", dir=args.tmp))
+    paths = {"A": os.path.join(folder, "a.safetensors"), "B": os.path.join(folder, "b.safetensors")}
+    save_file({k: t.cpu() for k, t in clean_a.items()}, paths["A"])
+    save_file({k: t.cpu() for k, t in model_b.items()}, paths["B"])
+    file_a = files.enter_context(safe_open(paths["A"], framework="pt", device=str(device)))
+    file_b = files.enter_context(safe_open(paths["B"], framework="pt", device=str(device)))
 
     def naive_pass(r: float) -> None:
+        merged = {names[k]: (1 - r) * file_a.get_tensor(k) + r * file_b.get_tensor(k) for k in live}
+        module.load_state_dict(merged)
+
+    def naive_ram_pass(r: float) -> None:
         merged = {names[k]: (1 - r) * clean_a[k] + r * model_b[k] for k in live}
         module.load_state_dict(merged)
 
-    runs = {"switch": lambda r: merge.apply(r), "floor": floor_pass, "copy": copy_pass, "naive": naive_pass}
+    runs = {"switch": lambda r: merge.apply(r), "floor": floor_pass, "copy": copy_pass, "naive": naive_pass,
+            "naive_ram": naive_ram_pass}
     medians = interleaved_medians(runs, {"switch": args.reps, "floor": args.reps, "copy": args.reps,
-                                         "naive": args.naive_reps}, device,
+                                         "naive": args.naive_reps, "naive_ram": args.naive_reps}, device,
                                   args.budget_s if args.budget_s is not None else (25.0 if args.quick else math.inf))
-    switch, floor, copy, naive = (medians[name] for name in runs)
+    switch, floor, copy, naive, naive_ram = (medians[name] for name in runs)
 
     # memory, after the timings (which ran with the allocator's default reuse of freed memory)
     exact_rss = return_freed_memory_to_the_os()
@@ -297,6 +318,7 @@ def main(argv=None) -> None:
         naive_pass(0.45)
 
     merge.close()
+    files.close()
     gc.collect()
 
     def line(name, seconds, streams):
@@ -306,7 +328,8 @@ def main(argv=None) -> None:
     print(line("switch", switch, 3))
     print(line("floor", floor, 3))
     print(line("copy", copy, 2) + ", the raw bandwidth, for reference")
-    print(line("naive", naive, 3) + ", plus its temporaries and load_state_dict's copy")
+    print(line("naive", naive, 3) + ", from the files, plus its temporaries and load_state_dict's copy")
+    print(line("naive_ram", naive_ram, 3) + f", from RAM: naive_ram/switch={naive_ram / switch:.2f}")
     print(f"peak extra memory: switch {peak.peak_extra / 2 ** 20:.1f} MiB, "
           f"naive {naive_peak.peak_extra / 2 ** 20:.0f} MiB "
           f"(its merged state dict alone: {model_bytes / 2 ** 20:.0f} MiB)"

@@ -11,6 +11,10 @@
         "hr_zero_weight": "Zero weight for the hires fix pass (0 = null uncond, 1 = zero uncond).",
         "hr_start": "Start of the hires pass window (fraction of the model's timestep range; a hires pass only covers its low-noise part).",
         "hr_end": "End of the hires pass window.",
+        "compare": "After this generation, also render the WebUI default, the null uncond (w = 0) and the zero uncond (w = 1) with the same seed and settings, and show them in one labelled grid with an amplified |zero - null| difference map.",
+        "rf": "How the UNet's output is read. Model default: rectified flow when the checkpoint's metadata declares a flow objective (modelspec.prediction_type = flow), else the model's own. Rectified flow: SD3-style flow matching (x0 = x - sigma·v) for SDXL/SD1 models trained that way. Samplers with variance-exploding noise (SDE, most ancestral, DDIM/PLMS/UniPC) are refused; Euler a runs as the RF ancestral step.",
+        "shift": "SD3 time shift s: sigma(t) = s·t / (1 + (s - 1)·t). Larger values spend more steps at high noise. Use the shift the model was trained with (SD3 default 3.0). All sigma schedules follow it; pick 'Rectified Flow' in Schedule type for the plain uniform-in-t schedule.",
+        "multiplier": "Advanced: the UNet sees timestep = sigma × multiplier. 1000 as in SD3/ComfyUI; change it only for a model trained with another convention.",
     };
 
     function applyHints() {

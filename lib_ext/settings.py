@@ -122,6 +122,47 @@ class MergeRequest:
     te_ratio: float | None  # None: follows unet_ratio
 
 
+# Rectified flow: None = the model's default (flow exactly when its safetensors metadata declares a flow
+# objective, lib_ext.flow.metadata), True = sample as rectified flow, False = the model's own parameterisation.
+PREDICTIONS = {None: "Model default", True: "Rectified flow", False: "Model's own (not flow)"}
+_PREDICTION_SPELLINGS = {
+    **{label.lower(): value for value, label in PREDICTIONS.items()},
+    "true": True, "false": False, "null": None, "none": None, "default": None, "model default": None,
+    "rf": True, "flow": True, "on": True, "off": False,
+}
+SHIFT_RANGE = (0.0, 100.0)          # exclusive low: shift 0 collapses every sigma to 0
+MULTIPLIER_RANGE = (0.0, 10000.0)   # exclusive low: timestep = sigma · multiplier must stay informative
+DEFAULT_MULTIPLIER = 1000.0         # ComfyUI ModelSamplingSD3 / A1111 SD3: timestep = sigma · 1000
+
+
+def _prediction(name: str, value: Any) -> bool | None:
+    """true / false / null, or a UI label (the UI radio hands its label; infotext and API may use either)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _PREDICTION_SPELLINGS:
+        return _PREDICTION_SPELLINGS[value.strip().lower()]
+    allowed = "true, false, null or one of " + ", ".join(repr(label) for label in PREDICTIONS.values())
+    raise SettingsError(f"Uncond Lab: '{name}' must be {allowed}, got {value!r}")
+
+
+def _positive(name: str, value: Any, high: float) -> float:
+    try:
+        number = _as_float(name, value, 0.0, high)
+    except SettingsError:
+        number = 0.0
+    if number == 0.0:
+        raise SettingsError(f"Uncond Lab: '{name}' must be a number in (0, {high:g}], got {value!r}")
+    return number
+
+
+def _shift(name: str, value: Any) -> float:
+    return _positive(name, value, SHIFT_RANGE[1])
+
+
+def _multiplier(name: str, value: Any) -> float:
+    return _positive(name, value, MULTIPLIER_RANGE[1])
+
+
 @dataclass(frozen=True)
 class UncondSchedule:
     """Zero weight `w` inside the window [start, end] (fractions of the denoising, ComfyUI semantics), 0 outside."""
@@ -140,6 +181,10 @@ class Settings:
     hr_zero_weight: float = _setting(0.0, "Uncond hires zero weight", _fraction)
     hr_start: float = _setting(0.0, "Uncond hires start", _fraction)
     hr_end: float = _setting(1.0, "Uncond hires end", _fraction)
+    compare: bool = _setting(False, "Compare zero vs null", _as_bool, infotext=False)
+    rf: bool | None = _setting(None, "RF", _prediction, infotext=False)  # infotext: the RF keys' presence
+    shift: float = _setting(3.0, "RF shift", _shift)
+    multiplier: float = _setting(DEFAULT_MULTIPLIER, "RF multiplier", _multiplier)
     # Merge, applied in memory for this generation; independent of `enabled` (which is the uncond control).
     merge_model: str = _setting("", "Merge model B", _checkpoint_name, feature="merge")
     merge_method: str = _setting("weighted_sum", "Merge method", _merge_method, feature="merge")
@@ -207,8 +252,9 @@ class Settings:
 
     # --- infotext -------------------------------------------------------------------------------------
 
-    def infotext(self, has_hires: bool = False) -> dict[str, Any]:
-        """Infotext entries; empty when disabled. Hires keys are written only when a hires pass ran."""
+    def infotext(self, has_hires: bool = False, rf_ran: bool = False) -> dict[str, Any]:
+        """Infotext entries; empty when disabled. Hires keys are written only when a hires pass ran, RF keys only
+        when the generation really samples as rectified flow (the multiplier only when it is not the default)."""
         if not self.enabled:
             return {}
         names = ["zero_weight", "start", "end"]
@@ -216,6 +262,10 @@ class Settings:
             names.append("hr_mode")
             if self.hr_mode == "own":
                 names += ["hr_zero_weight", "hr_start", "hr_end"]
+        if rf_ran:
+            names.append("shift")
+            if self.multiplier != DEFAULT_MULTIPLIER:
+                names.append("multiplier")
         return {FIELD_BY_NAME[n].metadata["label"]: getattr(self, n) for n in names}
 
     def merge_infotext(self) -> dict[str, Any]:
@@ -237,6 +287,9 @@ class Settings:
         """Pasted infotext → {setting name: UI value} for the keys present and valid; enabled if any is.
 
         Lenient on purpose: a hand-edited or foreign infotext must not break pasting, so a bad value is skipped.
+        RF keys are written exactly when RF ran, so a pasted Uncond Lab infotext sets the prediction explicitly:
+        "Rectified flow" with RF keys, "Model's own" without (a model that declares flow would otherwise switch
+        RF on for a picture that was made without it).
         """
         found, uncond_found = {}, False
         for field in FIELDS:
@@ -251,12 +304,16 @@ class Settings:
             uncond_found = uncond_found or field.metadata["feature"] == "uncond"
         if uncond_found:
             found["enabled"] = True
+            found["rf"] = PREDICTIONS["shift" in found or "multiplier" in found]
         return found
 
 
 # The order of the dataclass fields is the order of the UI's controls (see the module docstring).
 FIELDS: tuple[dataclasses.Field, ...] = dataclasses.fields(Settings)
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
+
+
+INFOTEXT_KEYS = tuple(f.metadata["label"] for f in FIELDS if f.metadata["infotext"])
 
 
 def _label(name: str) -> str:

@@ -16,12 +16,13 @@ must be kept; they rebuild it for every denoiser call, so nothing cached is touc
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, MutableMapping, Union
 
 import torch
 
-from lib_ext.settings import UncondSchedule
+from lib_ext.settings import Settings, UncondSchedule
 
 Cond = Union[torch.Tensor, MutableMapping[str, torch.Tensor]]
 PercentToSigma = Callable[[float], float]
@@ -141,6 +142,21 @@ def embedding_norms(null_uncond: Cond, pooled_width: int) -> dict[str, float]:
     return norms
 
 
+def _parts(cond: Cond) -> dict[str, torch.Tensor]:
+    return dict(cond) if isinstance(cond, MutableMapping) else {"": cond}
+
+
+def _equal_parts(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
+def _with_parts(cond: Cond, parts: dict[str, torch.Tensor]) -> Cond:
+    if not isinstance(cond, MutableMapping):
+        return parts[""]
+    cond.update(parts)
+    return cond
+
+
 # --- one generation --------------------------------------------------------------------------------------
 
 class UncondRun:
@@ -150,28 +166,34 @@ class UncondRun:
     sampler run, and `uncond_for_call` from its per-denoiser-call hook, which only reads this object.
     """
 
-    def __init__(self, schedule_for_pass: Callable[[bool], UncondSchedule | None], pooled_width: int = 0):
-        self.schedule_for_pass = schedule_for_pass
+    def __init__(self, settings: Settings, pooled_width: int = 0):
+        self.settings = settings
         self.pooled_width = pooled_width
         self.null_uncond: Cond | None = None
         self.schedule: UncondSchedule | None = None
         self.window: SigmaWindow | None = None
-        self.text_encoder_calls = 0
+        self.text_encoder_calls = 0  # te("") encodings: one per batch, none per step
+        self.text_encoder_seconds = 0.0
         self.denoiser_calls = 0
         self.blended_calls = 0
+        self.hook_seconds = 0.0  # time spent in uncond_for_call, for the benchmark
+        self._last: tuple[float, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
 
-    def begin_batch(self, null_uncond: Cond | None) -> None:
+    def begin_batch(self, null_uncond: Cond | None, seconds: float = 0.0) -> None:
+        """te("") of this batch (None where no WebUI zeroing is possible) and the time its encoding took."""
         self.null_uncond = null_uncond
         if null_uncond is not None:
             self.text_encoder_calls += 1
+            self.text_encoder_seconds += seconds
 
     def begin_pass(self, hires: bool) -> None:
         """A sampler run starts; its window is resolved at its first denoiser call, once every script has
         patched the model's schedule (reForge rebuilds it per run, other scripts may patch it after us)."""
-        self.schedule = self.schedule_for_pass(hires)
+        self.schedule = self.settings.schedule(hires)
         self.window = None
 
     def uncond_for_call(self, uncond: Cond, sigma: float, percent_to_sigma: PercentToSigma) -> Cond:
+        started = time.perf_counter()
         self.denoiser_calls += 1
         if self.schedule is None:
             return uncond
@@ -180,4 +202,22 @@ class UncondRun:
         weight = zero_weight_at(self.schedule, self.window, sigma)
         if weight:
             self.blended_calls += 1
-        return uncond_at_step(uncond, self.null_uncond, weight, self.pooled_width)
+        uncond = self._reuse_or_compute(uncond, weight)
+        self.hook_seconds += time.perf_counter() - started
+        return uncond
+
+    def _reuse_or_compute(self, uncond: Cond, weight: float) -> Cond:
+        """The WebUIs rebuild the same uncond for every call (it only changes with prompt editing in the
+        negative), so the previous answer is reused when the input and the weight are unchanged."""
+        parts = _parts(uncond)
+        if self._last is not None and self._last[0] == weight and _equal_parts(self._last[1], parts):
+            return _with_parts(uncond, self._last[2])
+        result = uncond_at_step(uncond, self.null_uncond, weight, self.pooled_width)
+        self._last = (weight, parts, _parts(result))
+        return result
+
+    def stats(self) -> str:
+        """One infotext value: what this generation cost Uncond Lab."""
+        per_call_us = 1e6 * self.hook_seconds / max(self.denoiser_calls, 1)
+        return (f"te calls {self.text_encoder_calls} ({1e3 * self.text_encoder_seconds:.0f} ms), denoiser calls "
+                f"{self.denoiser_calls}, blended {self.blended_calls}, hook {per_call_us:.0f} us/call")

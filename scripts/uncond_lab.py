@@ -1,7 +1,7 @@
 """Uncond Lab's AlwaysOn script: reads the UI/API args and hands every hook to lib_ext."""
 from modules import script_callbacks, scripts
 
-from lib_ext.hosts import common, ui
+from lib_ext.hosts import common, compare_grid, ui
 
 
 class UncondLabScript(scripts.Script):
@@ -25,13 +25,23 @@ class UncondLabScript(scripts.Script):
         common.begin_batch(p)
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        common.begin_pass(p)
+        common.begin_pass(p, x=kwargs.get("x"), noise=kwargs.get("noise"))
+
+    def postprocess_batch(self, p, *args, **kwargs):
+        common.write_stats(p)
 
     def postprocess(self, p, processed, *args):
+        run = common.current_run(p)
         common.end_run(p)
+        if run is not None and run.settings.compare and not compare_grid.is_variant(p):
+            compare_grid.run_compare(p, processed, run.settings)
 
+
+common.register_rf_scheduler()  # at import: the UI builds its 'Schedule type' dropdowns from the list after this
 
 script_callbacks.on_cfg_denoiser(common.on_cfg_denoiser, name="uncond_lab")
+script_callbacks.on_ui_settings(common.add_options, name="uncond_lab_options")
 script_callbacks.on_before_ui(lambda: common.register_xyz_axes(common.all_axes), name="uncond_lab_xyz")
 script_callbacks.on_model_loaded(common.merge_model_loaded, name="uncond_lab_merge")
 script_callbacks.on_script_unloaded(common.release_merge, name="uncond_lab_merge")
+script_callbacks.on_script_unloaded(common.unregister_rf_scheduler, name="uncond_lab_rf_scheduler")

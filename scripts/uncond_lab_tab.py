@@ -1,8 +1,9 @@
-"""Uncond Lab's tab (merge-ratio × CFG × uncond sweeps, "Save this merge") and its API routes; the work is in
-lib_ext/hosts/tab.py (WebUI glue) and lib_ext/sweep.py (parsing and layout)."""
+"""Uncond Lab's tab (merge sweeps, the probe) and its HTTP routes; everything they do lives in lib_ext."""
 from modules import script_callbacks
 
-from lib_ext.hosts import tab
+from lib_ext.hosts import probe_service, tab
 
-script_callbacks.on_ui_tabs(tab.on_ui_tabs, name="uncond_lab_tab")
-script_callbacks.on_app_started(tab.on_app_started, name="uncond_lab_api")
+service = probe_service.ProbeService()  # one per WebUI session: the tab and the API share its cache
+
+script_callbacks.on_ui_tabs(lambda: tab.on_ui_tabs(service), name="uncond_lab_tab")
+script_callbacks.on_app_started(lambda demo, app: tab.on_app_started(app, service), name="uncond_lab_api")

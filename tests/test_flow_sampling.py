@@ -17,7 +17,10 @@ import k_diffusion.sampling as kds
 import pytest
 import torch
 
-from lib_ext.flow import FlowDenoiser, flow_schedule, rf_sampler_policy, sample_euler_ancestral_rf
+import inspect
+
+from lib_ext.flow import (FlowDenoiser, flow_schedule, rf_sampler_policy, sample_euler_ancestral_rf,
+                          seeded_euler_ancestral_rf)
 
 MU = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
 STD = torch.tensor([0.6, 1.0, 1.5], dtype=torch.float64)
@@ -178,6 +181,31 @@ def test_rf_euler_ancestral_default_noise_comes_from_k_diffusion(monkeypatch):
     monkeypatch.setattr(kds, "default_noise_sampler", fake_default_noise_sampler)
     run(sample_euler_ancestral_rf, 5, torch.zeros(1, 3, dtype=torch.float64))
     assert len(drawn) == 4                       # one draw per step except the last (it lands on x0)
+
+
+def test_seeded_rf_euler_ancestral_draws_through_the_hijack_of_the_moment():
+    # The WebUIs replace their k-diffusion module's `torch` when the sampler initialises, i.e. after the sampler
+    # function was chosen; so the hijack is looked up at every draw, and its draws are the ones used.
+    class Hijack:
+        def __init__(self, seed):
+            self.generator = torch.Generator().manual_seed(seed)
+
+        def randn_like(self, x):
+            return torch.randn(x.shape, generator=self.generator, dtype=x.dtype)
+
+    current = {"torch": None}
+    sampler = seeded_euler_ancestral_rf(lambda: current["torch"].randn_like)
+    assert {"sigmas", "eta", "s_noise"} <= set(inspect.signature(sampler).parameters)
+    assert "noise_sampler" not in inspect.signature(sampler).parameters  # the WebUIs would fill it with VE noise
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    current["torch"] = Hijack(7)
+    seeded = run(sampler, 6, x)
+    expected_draws = Hijack(7)
+    expected = run(sample_euler_ancestral_rf, 6, x,
+                   noise_sampler=lambda s, sn: expected_draws.randn_like(torch.empty(2, 3, dtype=torch.float64)))
+    assert torch.equal(seeded, expected)
+    current["torch"] = Hijack(8)
+    assert not torch.equal(run(sampler, 6, x), seeded)
 
 
 def test_rf_euler_ancestral_callback_and_final_step():

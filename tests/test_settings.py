@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from lib_ext.settings import FIELDS, HIRES_MODES, MergeRequest, Settings, SettingsError, UncondSchedule
+from lib_ext.settings import FIELDS, HIRES_MODES, PREDICTIONS, MergeRequest, Settings, SettingsError, UncondSchedule
 
 
 def test_defaults_fill_missing_keys():
@@ -40,6 +40,15 @@ def test_api_dict_in_first_slot_wins_over_trailing_ui_defaults():
     ({"start": 0.6, "end": 0.2}, "'start' (0.6) must not be after 'end' (0.2)"),
     ({"hr_start": 0.6, "hr_end": 0.2}, "'hr_start'"),
     ({"zero_wieght": 1}, "unknown setting(s) 'zero_wieght'"),
+    ({"rf": "maybe"}, "'rf' must be true, false, null or one of 'Model default'"),
+    ({"rf": 1}, "'rf'"),                             # 1 is not a prediction; true is
+    ({"shift": 0}, "'shift' must be a number in (0, 100], got 0"),
+    ({"shift": -3}, "'shift' must be a number in (0, 100], got -3"),
+    ({"shift": 101}, "'shift'"),
+    ({"shift": float("nan")}, "'shift'"),
+    ({"shift": None}, "'shift'"),
+    ({"multiplier": 0}, "'multiplier' must be a number in (0, 10000]"),
+    ({"multiplier": "1e5"}, "'multiplier'"),
 ])
 def test_bad_values_are_refused_with_a_message_naming_them(bad, fragment):
     with pytest.raises(SettingsError) as error:
@@ -82,7 +91,8 @@ def test_infotext_only_when_enabled_and_round_trips():
     # Infotext values come back as strings after a PNG round trip.
     ui = Settings.infotext_to_ui({k: str(v) for k, v in text.items()})
     assert ui["enabled"] is True and ui["hr_mode"] == HIRES_MODES["own"]
-    assert Settings.from_dict(ui).as_dict() == s.as_dict()
+    # No RF keys: RF did not run, and pasting says so explicitly.
+    assert Settings.from_dict(ui).as_dict() == {**s.as_dict(), "rf": False}
 
 
 def test_hires_keys_only_when_a_hires_pass_ran():
@@ -93,7 +103,7 @@ def test_hires_keys_only_when_a_hires_pass_ran():
 
 def test_paste_skips_hostile_values_instead_of_failing():
     ui = Settings.infotext_to_ui({"Uncond zero weight": "1e309", "Uncond start": "0.2", "Uncond hires": "<script>"})
-    assert ui == {"start": 0.2, "enabled": True}
+    assert ui == {"start": 0.2, "enabled": True, "rf": PREDICTIONS[False]}
     assert Settings.infotext_to_ui({"Steps": "20"}) == {}
 
 
@@ -103,13 +113,64 @@ def test_frozen():
     assert math.isclose(Settings().end, 1.0)
 
 
+# --- rectified flow ----------------------------------------------------------------------------------------
+
+def test_rf_fields_are_appended_after_the_uncond_ones():
+    # The positional ABI: old UI/API arg lists (8 values) still parse, with RF at its defaults.
+    names = [f.name for f in FIELDS]
+    assert names[9:12] == ["rf", "shift", "multiplier"]
+    s = Settings.from_script_args([True, 0.5, 0.1, 0.9, "Own settings", 1, 0, 0.5])
+    assert (s.rf, s.shift, s.multiplier) == (None, 3.0, 1000.0)
+    s = Settings.from_script_args([True, 0, 0, 1, "same", 0, 0, 1, False, "Rectified flow", 2.5, 500])
+    assert (s.rf, s.shift, s.multiplier) == (True, 2.5, 500.0)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, None), (True, True), (False, False), ("true", True), ("False", False), ("null", None),
+    ("Model default", None), ("rectified flow", True), ("Model's own (not flow)", False), (" RF ", True),
+])
+def test_prediction_accepts_json_values_and_ui_labels(value, expected):
+    assert Settings.from_dict({"rf": value}).rf is expected
+
+
+def test_every_prediction_label_parses_back_to_its_value():
+    for value, label in PREDICTIONS.items():
+        assert Settings.from_dict({"rf": label}).rf is value
+
+
+def test_shift_bounds_are_inclusive_at_the_top_only():
+    assert Settings.from_dict({"shift": 100}).shift == 100.0
+    assert Settings.from_dict({"shift": "0.001"}).shift == 0.001
+
+
+def test_rf_keys_only_when_rf_ran():
+    s = Settings(enabled=True, rf=True, shift=2.5)
+    assert "RF shift" not in s.infotext(rf_ran=False)
+    text = s.infotext(rf_ran=True)
+    assert text["RF shift"] == 2.5 and "RF multiplier" not in text  # the default multiplier is not written
+    assert Settings(enabled=True, multiplier=500).infotext(rf_ran=True)["RF multiplier"] == 500
+    assert Settings(enabled=False, rf=True).infotext(rf_ran=True) == {}
+
+
+def test_pasting_rf_keys_turns_rf_on_explicitly():
+    text = Settings(enabled=True, rf=None, shift=4.0, multiplier=800).infotext(rf_ran=True)
+    ui = Settings.infotext_to_ui({k: str(v) for k, v in text.items()})
+    assert ui["rf"] == PREDICTIONS[True] and ui["shift"] == 4.0 and ui["multiplier"] == 800.0
+    assert Settings.from_dict(ui).rf is True
+
+
+def test_pasting_a_hostile_shift_is_skipped():
+    ui = Settings.infotext_to_ui({"RF shift": "-1", "Uncond start": "0.2"})
+    assert "shift" not in ui and ui["rf"] == PREDICTIONS[False]
+
+
 # --- merge settings ---------------------------------------------------------------------------------------
 
-def test_merge_fields_are_appended_after_the_uncond_fields():
+def test_merge_fields_are_appended_after_the_rf_fields():
     names = [f.name for f in FIELDS]
     assert names[:8] == ["enabled", "zero_weight", "start", "end", "hr_mode", "hr_zero_weight", "hr_start", "hr_end"]
-    merge = ["merge_model", "merge_method", "merge_model_c", "merge_ratio", "merge_te_ratio"]
-    assert names[names.index("merge_model"):names.index("merge_model") + 5] == merge
+    assert names[8:] == ["compare", "rf", "shift", "multiplier",
+                         "merge_model", "merge_method", "merge_model_c", "merge_ratio", "merge_te_ratio"]
 
 
 def test_no_merge_by_default_and_for_none_spellings():

@@ -182,7 +182,7 @@ def linear_percent_to_sigma(percent):
 
 def test_run_applies_weight_inside_the_window_only():
     settings = Settings(enabled=True, zero_weight=1.0, start=0.0, end=0.5)
-    run = UncondRun(settings.schedule, POOLED)
+    run = UncondRun(settings, POOLED)
     run.begin_batch(null_cond())
     run.begin_pass(hires=False)
     inside = run.uncond_for_call(sdxl_cond(), 8.0, linear_percent_to_sigma)
@@ -195,7 +195,7 @@ def test_run_applies_weight_inside_the_window_only():
 
 def test_run_resolves_the_window_per_pass():
     settings = Settings(enabled=True, zero_weight=1.0, end=0.5, hr_mode="own", hr_zero_weight=1.0, hr_end=0.9)
-    run = UncondRun(settings.schedule, POOLED)
+    run = UncondRun(settings, POOLED)
     run.begin_pass(hires=False)
     run.uncond_for_call(sdxl_cond(), 8.0, linear_percent_to_sigma)
     assert run.window.sigma_end == pytest.approx(5.0)
@@ -205,9 +205,26 @@ def test_run_resolves_the_window_per_pass():
 
 
 def test_untouched_hires_pass_passes_the_webui_uncond_through():
-    run = UncondRun(Settings(enabled=True, zero_weight=1.0, hr_mode="off").schedule, POOLED)
+    run = UncondRun(Settings(enabled=True, zero_weight=1.0, hr_mode="off"), POOLED)
     run.begin_batch(null_cond())
     run.begin_pass(hires=True)
     cond = sdxl_cond(zero_text=True)
     assert run.uncond_for_call(cond, 5.0, linear_percent_to_sigma) is cond
     assert torch.equal(cond["crossattn"], torch.zeros(2, 77, 8))
+
+
+def test_run_reuses_its_answer_only_for_the_same_input_and_weight():
+    settings = Settings(enabled=True, zero_weight=0.5, start=0.0, end=0.5)
+    run = UncondRun(settings, POOLED)
+    run.begin_batch(null_cond())
+    run.begin_pass(hires=False)
+    first = {k: v.clone() for k, v in run.uncond_for_call(sdxl_cond(zero_text=True), 8.0,
+                                                           linear_percent_to_sigma).items()}
+    again = run.uncond_for_call(sdxl_cond(zero_text=True), 7.0, linear_percent_to_sigma)  # a rebuilt, equal input
+    assert type(again) is DictWithShape and all(torch.equal(again[k], first[k]) for k in first)
+    # Prompt editing in the negative changes the input: computed afresh.
+    edited = run.uncond_for_call(sdxl_cond(seed=3), 7.0, linear_percent_to_sigma)
+    assert torch.allclose(edited["crossattn"], 0.5 * sdxl_cond(seed=3)["crossattn"])
+    # Outside the window the weight is 0: the text uncond, not the blended answer from before.
+    outside = run.uncond_for_call(sdxl_cond(seed=3), 1.0, linear_percent_to_sigma)
+    assert torch.equal(outside["crossattn"], sdxl_cond(seed=3)["crossattn"])

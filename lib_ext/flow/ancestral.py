@@ -82,3 +82,24 @@ def sample_euler_ancestral_rf(model, x: torch.Tensor, sigmas: torch.Tensor, extr
         if step.renoise > 0.0:  # eta = 0 draws no noise, so it is plain Euler, noise sampler untouched
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * (s_noise * step.renoise)
     return x
+
+
+RandnLike = Callable[[torch.Tensor], torch.Tensor]
+
+
+def seeded_euler_ancestral_rf(randn_like: Callable[[], RandnLike]):
+    """`sample_euler_ancestral_rf` as a WebUI sampler function whose noise comes from `randn_like()(x)`.
+
+    The WebUIs seed k-diffusion's noise by replacing the `torch` global of their k-diffusion sampling module
+    with a hijack whose `randn_like` draws from the generation's RNG (A1111 `k_diffusion.sampling.torch`,
+    reForge `modules.sd_samplers_common.sampling.torch`), set when the sampler initialises. `randn_like` is
+    looked up at every draw for that reason. The signature keeps `eta` and `s_noise`, which the WebUIs pass
+    by inspecting it, and drops `noise_sampler`, which they would fill with a VE Brownian tree.
+    """
+    @torch.no_grad()
+    def sample_euler_ancestral_rf_seeded(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                                         eta: float = 1.0, s_noise: float = 1.0):
+        return sample_euler_ancestral_rf(model, x, sigmas, extra_args, callback, disable, eta, s_noise,
+                                         noise_sampler=lambda sigma, sigma_next: randn_like()(x))
+
+    return sample_euler_ancestral_rf_seeded

@@ -1,27 +1,35 @@
-"""Glue that A1111 1.10 and reForge share: settings from script args, te(""), the per-call hook, the merge's
-checkpoint names and infotext, X/Y/Z axes."""
+"""Glue that A1111 1.10 and reForge share: settings from script args, te(""), the per-call hook, X/Y/Z axes,
+the rectified-flow decision and preflight (the installation itself differs per host), the merge's checkpoint
+names and infotext."""
 from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-from modules import devices, prompt_parser, scripts, sd_models, sd_vae, shared
+from modules import devices, prompt_parser, scripts, sd_models, sd_samplers, sd_schedulers, sd_vae, shared
 
+from lib_ext.flow import (RF_SCHEDULER_LABEL, RF_SCHEDULER_NAME, GenerationFacts, RfPlan, declares_flow,
+                          flow_scheduler, pass_value, resolve_rf, rf_problems, rf_schedule_without_rf)
 from lib_ext.hosts import host
 from lib_ext.merge import MergeRecipe
 from lib_ext.merge.keys import VAE, classify_key
 from lib_ext.merge.recipe import RATIO_RANGE
 from lib_ext.merge.save import default_merge_name
-from lib_ext.settings import MergeRequest, Settings, SettingsError
+from lib_ext.settings import INFOTEXT_KEYS, SHIFT_RANGE, MergeRequest, Settings, SettingsError
 from lib_ext.uncond import Cond, UncondRun
 
 log = logging.getLogger("uncond_lab")
 
 RUN_ATTR = "uncond_lab_run"              # the UncondRun of the generation that `p` is
+FLOW_ATTR = "uncond_lab_flow"            # the RfPlan of that generation, None when it does not sample as RF
 OVERRIDES_ATTR = "uncond_lab_overrides"  # settings an X/Y/Z axis (or the tab) put on `p`
+STATS_OPTION = "uncond_lab_stats"        # a WebUI setting: write what a generation cost us to its infotext
+STATS_KEY = "Uncond Lab stats"
+NOTE_KEY = "Uncond Lab note"             # infotext: where this generation's uncond choice has no effect
 
 
 # --- settings --------------------------------------------------------------------------------------------
@@ -94,8 +102,11 @@ def encode_null_uncond(p) -> Cond:
 
 def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
     """Bring the weights to this generation's merge (or back to the originals), and attach a fresh UncondRun
-    to `p` (dropping any copied from another `p`), or none when the uncond control is off."""
+    (and RfPlan) to `p`, dropping any copied from another `p`; no UncondRun when the uncond control is off."""
     setattr(p, RUN_ATTR, None)
+    setattr(p, FLOW_ATTR, None)
+    for key in (*INFOTEXT_KEYS, STATS_KEY, NOTE_KEY):
+        p.extra_generation_params.pop(key, None)  # X/Y/Z cells and compare variants share this dict
     try:
         settings = settings_for(p, script_args)
     except SettingsError as error:
@@ -104,13 +115,24 @@ def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
     if not start_merge(p, settings):
         return None
     if not settings.enabled:
+        # Nothing changes; but the RF schedule (ours, in the WebUI's list) would fail mid-sampling without RF.
+        refuse_rf_schedule_without_rf(p)
+        if not getattr(p.sd_model, "is_sd3", False) and declares_flow(checkpoint_metadata(p)):
+            log.warning("Uncond Lab: this checkpoint declares a rectified-flow objective in its metadata; enable "
+                        "Uncond Lab (Prediction: Model default) to sample it as rectified flow")
+        return None
+    ok, plan = start_flow(p, settings)
+    if not ok:
         return None
     pooled_width = text_pooled_width(p.sd_model) if is_dict_cond_model(p.sd_model) else 0
-    run = UncondRun(settings.schedule, pooled_width)
+    run = UncondRun(settings, pooled_width)
     setattr(p, RUN_ATTR, run)
-    p.extra_generation_params.update(settings.infotext(has_hires=bool(getattr(p, "enable_hr", False))))
-    for note in skipped_uncond_notes(p):
-        log.warning("Uncond Lab: %s", note)
+    p.extra_generation_params.update(settings.infotext(has_hires=bool(getattr(p, "enable_hr", False)),
+                                                       rf_ran=plan is not None))
+    notes = skipped_uncond_notes(p)
+    if notes:
+        log.warning("Uncond Lab: %s", "; ".join(notes))
+        p.extra_generation_params[NOTE_KEY] = "; ".join(notes)
     return run
 
 
@@ -122,19 +144,30 @@ def begin_batch(p) -> None:
     """Once per batch, after LoRA/TI activation and before the WebUI encodes its conds."""
     host.merge_batch(p)  # first: te("") below must see the merged text encoders
     run = current_run(p)
-    if run is not None:
-        run.begin_batch(encode_null_uncond(p) if is_dict_cond_model(p.sd_model) else None)
+    if run is None:
+        return
+    if not is_dict_cond_model(p.sd_model):  # SD1/SD2: the WebUIs never zero, te("") is never needed
+        run.begin_batch(None)
+        return
+    started = time.perf_counter()
+    null_uncond = encode_null_uncond(p)
+    run.begin_batch(null_uncond, time.perf_counter() - started)
 
 
-def begin_pass(p) -> None:
+def begin_pass(p, x: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> None:
+    """Before each sampler run (first pass, hires pass, each img2img batch), with that run's latent and noise."""
     host.merge_sampling(p)
     run = current_run(p)
     if run is not None:
         run.begin_pass(hires=bool(getattr(p, "is_hr_pass", False)))
+    plan = getattr(p, FLOW_ATTR, None)
+    if plan is not None:
+        install_flow(p, plan, x, noise)
 
 
 def end_run(p) -> None:
     setattr(p, RUN_ATTR, None)
+    setattr(p, FLOW_ATTR, None)
     host.merge_done(p)
 
 
@@ -260,6 +293,19 @@ def merge_model_loaded(sd_model) -> None:
     host.merge_model_loaded(sd_model)
 
 
+def add_options() -> None:
+    shared.opts.add_option(STATS_OPTION, shared.OptionInfo(
+        False, "Write Uncond Lab's cost to the infotext (text-encoder calls, hook time per call)",
+        section=("uncond_lab", "Uncond Lab")).info("for bench/uncond_hook.py"))
+
+
+def write_stats(p) -> None:
+    """After each batch's sampling, before its infotext is written."""
+    run = current_run(p)
+    if run is not None and getattr(shared.opts, STATS_OPTION, False):
+        p.extra_generation_params[STATS_KEY] = run.stats()
+
+
 def on_cfg_denoiser(params) -> None:
     """Every denoiser call: swap in the scheduled uncond. A no-op unless this `p` has an UncondRun."""
     denoiser = getattr(params, "denoiser", None)
@@ -280,7 +326,129 @@ def skipped_uncond_notes(p) -> list[str]:
         notes.append("negative guidance minimum sigma (NGMS) skips the uncond on low-sigma steps")
     if getattr(shared.opts, "skip_early_cond", 0) > 0:
         notes.append("'Skip early CFG' skips the uncond on the first steps")
+    if getattr(p, "enable_hr", False) and getattr(p, "hr_cfg", None) == 1 and host.SKIPS_UNCOND_AT_CFG1:
+        notes.append("the hires pass runs at CFG 1 (reForge's hires CFG), so it computes no uncond")
     return notes
+
+
+# --- rectified flow ----------------------------------------------------------------------------------------
+# Decided once per generation in process() (the last hook that can stop it with a message); installed per
+# sampler run in process_before_every_sampling on per-run objects only (host.install_flow), so nothing global
+# is left to undo after an error or an interrupt.
+
+def checkpoint_metadata(p) -> dict | None:
+    """The loaded checkpoint's safetensors `__metadata__`, read from the file's header (a few KB).
+
+    Not `CheckpointInfo.metadata`: reForge's memory cleanup on every checkpoint switch strips that cache to
+    'ss_sd_model_name' for every checkpoint (modules/sd_models.py force_memory_deallocation)."""
+    info = getattr(p.sd_model, "sd_checkpoint_info", None)
+    if info is None or not getattr(info, "is_safetensors", False):
+        return None
+    try:
+        return sd_models.read_metadata_from_safetensors(info.filename)
+    except Exception as error:  # noqa: BLE001  (an unreadable header declares nothing; say so)
+        log.warning("Uncond Lab: could not read the metadata of %s: %s", info.filename, error)
+        return None
+
+
+def pass_schedulers(p) -> list[str | None]:
+    """The schedule types of the first pass and, when a hires pass runs, of that pass (None = the first's)."""
+    names = [getattr(p, "scheduler", None)]
+    if getattr(p, "enable_hr", False):
+        names.append(pass_value(getattr(p, "hr_scheduler", None)))
+    return names
+
+
+def refuse_rf_schedule_without_rf(p) -> bool:
+    message = rf_schedule_without_rf(pass_schedulers(p))
+    if message:
+        fail_generation(p, ValueError(message))
+    return message is not None
+
+
+def generation_facts(p) -> GenerationFacts:
+    """What RF needs to know about this generation, read from `p` and the options (hosts add their own)."""
+    opts = shared.opts
+    hires = bool(getattr(p, "enable_hr", False))
+    first, second = pass_schedulers(p) + ([None] if not hires else [])
+    hires_checkpoint = pass_value(getattr(p, "hr_checkpoint_name", None)) if hires else None
+    current = getattr(p.sd_model, "sd_checkpoint_info", None)
+    if hires_checkpoint and current is not None and hires_checkpoint in (current.title, current.name,
+                                                                         current.model_name, current.short_title):
+        hires_checkpoint = None
+    refiner = getattr(p, "refiner_checkpoint_info", None)
+    switch_at = getattr(p, "refiner_switch_at", None)
+    hires_sampler = (pass_value(getattr(p, "hr_sampler_name", None)) or p.sampler_name) if hires else None
+    samplers = [p.sampler_name] + ([hires_sampler] if hires_sampler else [])
+    return GenerationFacts(
+        sampler=p.sampler_name,
+        scheduler=first,
+        hires_sampler=hires_sampler,
+        hires_scheduler=second,
+        noises_a_latent=hires or hasattr(p, "init_images"),
+        available_samplers=tuple(s.name for s in sd_samplers.all_samplers),
+        sgm_noise_multiplier=bool(getattr(opts, "sgm_noise_multiplier", False)),
+        zero_terminal_snr=host.zero_terminal_snr(p),
+        img2img_extra_noise=float(getattr(opts, "img2img_extra_noise", 0.0) or 0.0),
+        sigma_churn={name: host.sigma_churn(p, name) for name in samplers},
+        is_sd3=bool(getattr(p.sd_model, "is_sd3", False)),
+        refiner=refiner.short_title if refiner is not None and (switch_at is None or switch_at < 1) else None,
+        hires_checkpoint=hires_checkpoint,
+        competing_model_sampling=host.competing_model_sampling(p),
+    )
+
+
+def start_flow(p, settings: Settings) -> tuple[bool, RfPlan | None]:
+    """(may the generation go on?, its RfPlan or None). Refuses with a message where RF cannot be right."""
+    host.clean_leftovers(p)
+    rf_on, source = resolve_rf(settings.rf, checkpoint_metadata(p), is_sd3=bool(getattr(p.sd_model, "is_sd3", False)))
+    competing = host.competing_model_sampling(p)
+    if rf_on and source == "metadata" and competing:
+        # An implicit default gives way to what the user switched on for this generation.
+        log.warning("Uncond Lab: %s is enabled, so it decides the model sampling; the checkpoint's declared "
+                    "flow objective (Prediction: Model default) is not applied", competing)
+        rf_on = False
+    if not rf_on:
+        return not refuse_rf_schedule_without_rf(p), None
+    problems = rf_problems(generation_facts(p))
+    if problems:
+        fail_generation(p, ValueError(" ".join(problems)))
+        return False, None
+    plan = RfPlan(settings.shift, settings.multiplier, source)
+    setattr(p, FLOW_ATTR, plan)
+    return True, plan
+
+
+def install_flow(p, plan: RfPlan, x: torch.Tensor | None, noise: torch.Tensor | None) -> None:
+    """The host's installation for this sampler run. Hook exceptions are only logged by the WebUIs, and a half
+    installed flow would sample garbage quietly; so a failure makes the sampler itself fail, with the reason."""
+    try:
+        host.install_flow(p, plan, x, noise)
+    except Exception as error:  # noqa: BLE001  (re-raised by the sampler, where the WebUI does not swallow it)
+        log.exception("Uncond Lab: rectified flow could not be installed")
+        message = f"Uncond Lab RF: rectified flow could not be installed for this sampler run: {error!r}"
+
+        def refuse_to_sample(*args, **kwargs):
+            raise RuntimeError(message)
+
+        p.sampler.func = refuse_to_sample
+
+
+def register_rf_scheduler() -> None:
+    """Put the RF schedule into the WebUI's 'Schedule type' list (A1111 and reForge share `sd_schedulers`).
+
+    At script import, before the UI builds its dropdowns; scripts are imported again on every UI reload, so an
+    entry already there is replaced, not duplicated."""
+    unregister_rf_scheduler()
+    scheduler = sd_schedulers.Scheduler(RF_SCHEDULER_NAME, RF_SCHEDULER_LABEL, flow_scheduler, need_inner_model=True)
+    sd_schedulers.schedulers.append(scheduler)
+    sd_schedulers.schedulers_map[scheduler.name] = sd_schedulers.schedulers_map[scheduler.label] = scheduler
+
+
+def unregister_rf_scheduler() -> None:
+    sd_schedulers.schedulers[:] = [s for s in sd_schedulers.schedulers if s.name != RF_SCHEDULER_NAME]
+    for key in (RF_SCHEDULER_NAME, RF_SCHEDULER_LABEL):
+        sd_schedulers.schedulers_map.pop(key, None)
 
 
 # --- X/Y/Z plot ------------------------------------------------------------------------------------------
@@ -317,11 +485,27 @@ def fraction_axis(xyz, label: str, setting: str):
     return xyz.AxisOption(label, float, apply, confirm=confirm)
 
 
+def rf_shift_axis(xyz):
+    """A float axis that enables Uncond Lab and rectified flow for its cells with the given shift."""
+    low, high = SHIFT_RANGE
+
+    def apply(p, value, values):
+        add_overrides(p, enabled=True, rf=True, shift=value)
+
+    def confirm(p, values):
+        for value in values:
+            if not low < value <= high:
+                raise RuntimeError(f"Uncond Lab: RF shift values must be in ({low:g}, {high:g}], got {value}")
+
+    return xyz.AxisOption("[Uncond Lab] RF shift", float, apply, confirm=confirm)
+
+
 def uncond_axes(xyz) -> list:
     return [
         fraction_axis(xyz, "[Uncond Lab] Zero weight", "zero_weight"),
         fraction_axis(xyz, "[Uncond Lab] Start", "start"),
         fraction_axis(xyz, "[Uncond Lab] End", "end"),
+        rf_shift_axis(xyz),
     ]
 
 

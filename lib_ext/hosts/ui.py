@@ -5,7 +5,7 @@ import gradio as gr
 from modules import sd_models, ui_common
 from modules.ui_components import FormRow, InputAccordion
 
-from lib_ext.settings import FIELD_BY_NAME, HIRES_MODES, MERGE_METHOD_LABELS, Settings
+from lib_ext.settings import FIELD_BY_NAME, HIRES_MODES, MERGE_METHOD_LABELS, PREDICTIONS, Settings
 
 NO_MERGE = "None"
 TE_FOLLOWS = "follow"
@@ -58,6 +58,18 @@ class UncondAccordion:
                     self._slider("hr_end", "Hires end", defaults.hr_end)
                 hr_mode.change(lambda mode: gr.update(visible=mode == HIRES_MODES["own"]), hr_mode, own_row,
                                show_progress=False)
+            self.controls["compare"] = gr.Checkbox(
+                defaults.compare, label="Compare zero vs null (renders the WebUI default, null and zero too)",
+                elem_id=self.elem_id("compare"))
+            with gr.Accordion("Rectified flow", open=False, elem_id=self.elem_id("rf_group")):
+                self.controls["rf"] = gr.Radio(list(PREDICTIONS.values()), value=PREDICTIONS[defaults.rf],
+                                               label="Prediction", elem_id=self.elem_id("rf"))
+                with gr.Row():
+                    self.controls["shift"] = gr.Number(value=defaults.shift, label="Shift", step=0.1,
+                                                       elem_id=self.elem_id("shift"))
+                    with gr.Accordion("Advanced", open=False, elem_id=self.elem_id("rf_advanced")):
+                        self.controls["multiplier"] = gr.Number(value=defaults.multiplier, label="Timestep multiplier",
+                                                                step=1, elem_id=self.elem_id("multiplier"))
         self._merge_section(defaults)
         return [self.controls[name] for name in FIELD_BY_NAME]
 

@@ -33,6 +33,42 @@ def png_pixels(png: bytes) -> tuple[int, int, bytes]:
     return width, height, zlib.decompress(idat)
 
 
+def png_rgb(png: bytes) -> tuple[int, int, bytes]:
+    """(width, height, raw samples) of an 8-bit PNG: the IDAT data with the per-row filters undone (PNG spec,
+    section 9), so that byte differences are pixel differences. Channels from the colour type (RGB 3, RGBA 4)."""
+    width, height, data = png_pixels(png)
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[png[25]]  # IHDR colour type; bit depth (png[24]) must be 8
+    assert png[24] == 8, "only 8-bit PNGs"
+    stride, out, previous = width * channels, bytearray(), bytearray(width * channels)
+    for row in range(height):
+        start = row * (stride + 1)
+        kind, line = data[start], bytearray(data[start + 1:start + 1 + stride])
+        for i in range(stride):
+            left = line[i - channels] if i >= channels else 0
+            up, up_left = previous[i], previous[i - channels] if i >= channels else 0
+            if kind == 1:
+                line[i] = (line[i] + left) & 0xFF
+            elif kind == 2:
+                line[i] = (line[i] + up) & 0xFF
+            elif kind == 3:
+                line[i] = (line[i] + (left + up) // 2) & 0xFF
+            elif kind == 4:
+                estimate = left + up - up_left
+                da, db, dc = abs(estimate - left), abs(estimate - up), abs(estimate - up_left)
+                predictor = left if da <= db and da <= dc else up if db <= dc else up_left
+                line[i] = (line[i] + predictor) & 0xFF
+        out += line
+        previous = line
+    return width, height, bytes(out)
+
+
+def max_pixel_difference(a: bytes, b: bytes) -> int:
+    """The largest difference of one channel between two PNGs of the same size (0 = identical pixels)."""
+    (wa, ha, ra), (wb, hb, rb) = png_rgb(a), png_rgb(b)
+    assert (wa, ha) == (wb, hb), f"sizes differ: {wa}x{ha} vs {wb}x{hb}"
+    return max((abs(x - y) for x, y in zip(ra, rb)), default=0)
+
+
 @dataclass
 class Generation:
     images: list[bytes]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.webui.client import ApiError, WebUI
+from tests.webui.client import WebUI
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,6 +34,9 @@ TINY_MODELS = {
     "uncondlab-tiny-sdxl-a": ["--kind", "sdxl", "--seed", "1"],
     "uncondlab-tiny-sdxl-b": ["--kind", "sdxl", "--seed", "2"],
     "uncondlab-tiny-sdxl-zero-te": ["--kind", "sdxl", "--seed", "3", "--zero-text-encoder"],
+    # The -a weights, declaring a flow objective in their metadata (lib_ext/flow/metadata.py): RF by default.
+    "uncondlab-tiny-sd15-flow": ["--kind", "sd15", "--seed", "1", "--metadata", "modelspec.prediction_type=flow"],
+    "uncondlab-tiny-sdxl-flow": ["--kind", "sdxl", "--seed", "1", "--metadata", "modelspec.prediction_type=flow"],
 }
 SD15, SDXL = "uncondlab-tiny-sd15-a", "uncondlab-tiny-sdxl-a"
 

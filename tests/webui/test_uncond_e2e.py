@@ -117,16 +117,19 @@ def test_infotext_round_trip_through_png_info(sd15):
     settings = {"enabled": True, "zero_weight": 0.25, "start": 0.1, "end": 0.7}
     image = sd15.txt2img(settings).images[0]
     parameters = sd15.post("/sdapi/v1/png-info", {"image": b64_png(image)})["parameters"]
-    assert Settings.from_dict(Settings.infotext_to_ui(parameters)) == Settings.from_dict(settings)
+    # Pasting also sets the prediction explicitly: no RF keys = RF did not run = "Model's own".
+    assert Settings.from_dict(Settings.infotext_to_ui(parameters)) == Settings.from_dict({**settings, "rf": False})
 
 
 def test_cfg_one_and_skipped_uncond_steps_run(sd15):
-    assert sd15.txt2img(ZERO, cfg_scale=1.0).images
+    at_cfg_one = sd15.txt2img(ZERO, cfg_scale=1.0)
+    assert at_cfg_one.images and "Uncond Lab note" in at_cfg_one.infotexts[0]
+    assert "Uncond Lab note" not in sd15.txt2img(ZERO).infotexts[0]
     # Through the options, not override_settings: the WebUIs keep an override of an option that config.json
     # lacks for every later generation.
     sd15.post("/sdapi/v1/options", {"s_min_uncond": 100.0})
     try:
-        assert sd15.txt2img(ZERO).images
+        assert "negative guidance minimum sigma" in sd15.txt2img(ZERO).infotexts[0]
     finally:
         sd15.post("/sdapi/v1/options", {"s_min_uncond": 0.0})
 

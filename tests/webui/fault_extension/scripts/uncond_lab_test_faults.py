@@ -5,6 +5,9 @@ breaks mid-sampling leaves nothing behind. API: alwayson_scripts {"Uncond Lab te
 {"fail_at_call": N}]}} makes the UNet fail at the N-th denoiser call; {"interrupt_at_call": N} interrupts there.
 Each generation counts from 1; "fail_at_job_call" / "interrupt_at_job_call" count over all the generations of one
 request instead (X/Y/Z cells share the request's args), so that only one cell of a plot breaks.
+{"probe": true} writes what the previous generations left on the model into the infotext ("Uncond Lab probe"):
+instance attributes a sampling patch would leave (create_denoiser, add_noise_to_latent, model_sampling) and, in
+reForge, the class of the UNet's current model_sampling, read before any script of this generation runs.
 
 The WebUIs swallow exceptions raised in callbacks, so the failure is planted in the model call itself: a cond
 with a wrong width, which the UNet's cross-attention refuses.
@@ -24,9 +27,25 @@ class UncondLabTestFaults(scripts.Script):
         # One hidden control, so the API has a slot for the plan dict.
         return [gr.Textbox(visible=False, value="")]
 
+    def before_process(self, p, *args):
+        plan = args[0] if args and isinstance(args[0], dict) else {}
+        if plan.get("probe"):
+            p.extra_generation_params["Uncond Lab probe"] = probe(p.sd_model)
+
     def process(self, p, *args):
         plan = args[0] if args and isinstance(args[0], dict) else {}
         p.uncond_lab_test_faults = {"calls": 0, "job": plan, **plan} if plan else None
+
+
+def probe(sd_model) -> str:
+    """Leftovers on the model object, as 'name=value' items joined by ';' (no ',' or ':' for the infotext)."""
+    own = vars(sd_model)
+    items = [f"{name}={name in own or name in own.get('_modules', {})}"
+             for name in ("create_denoiser", "add_noise_to_latent", "model_sampling")]
+    forge_objects = getattr(sd_model, "forge_objects", None)
+    if forge_objects is not None:
+        items.append(f"unet_model_sampling={type(forge_objects.unet.model.model_sampling).__name__}")
+    return ";".join(items)
 
 
 def on_cfg_denoiser(params):

@@ -1,0 +1,91 @@
+"""The probe route and the compare grid in a real WebUI."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.webui.client import ApiError
+
+SMALL_PROBE = {"latent_shape": [4, 16, 16], "levels": 6, "seeds": [0, 1], "cfg_scale": 7}
+
+
+def probe(webui, **settings):
+    return webui.post("/uncond-lab/v1/probe", {**SMALL_PROBE, **settings})
+
+
+@pytest.fixture
+def no_norm_emphasis(webui):
+    """A text encoder that outputs exactly zero makes the default emphasis compute 0/0."""
+    before = webui.get("/sdapi/v1/options")["emphasis"]
+    webui.post("/sdapi/v1/options", {"emphasis": "No norm"})
+    yield
+    webui.post("/sdapi/v1/options", {"emphasis": before})
+
+
+def check_zero_text_encoder_scores_zero(webui, name):
+    webui.use_checkpoint(name)
+    result = probe(webui)
+    assert result["score"] == 0.0 and result["zero_equals_null"] is True
+    assert result["embedding"]["null_token_norm_mean"] == 0.0
+    assert result["unet_calls"] > 0
+
+
+def test_probe_of_sd15(sd15):
+    fresh_seeds = [random.randrange(1 << 30), 5]  # a running WebUI may have probed the usual seeds already
+    result = probe(sd15, seeds=fresh_seeds)
+    levels = result["levels"]
+    assert result["score"] > 0 and len(levels["sigma"]) == 6 and len(levels["cfg_rel_diff"]) == 6
+    assert levels["sigma"] == sorted(levels["sigma"], reverse=True)
+    assert result["unet_calls"] > 0 and result["cached"] is False
+    assert probe(sd15, seeds=fresh_seeds)["cached"] is True
+    # Probing reads the weights only: a plain generation is what it was before any test.
+    assert sd15.txt2img().pixels == sd15.fresh["uncondlab-tiny-sd15-a"]
+
+
+def test_probe_of_sd15_with_zero_text_encoder_scores_zero(webui, no_norm_emphasis):
+    check_zero_text_encoder_scores_zero(webui, "uncondlab-tiny-sd15-zero-te")
+
+
+def test_probe_of_sdxl(sdxl):
+    result = probe(sdxl)
+    assert result["score"] > 0 and result["embedding"]["null_pooled_norm"] > 0
+    assert sdxl.txt2img().pixels == sdxl.fresh["uncondlab-tiny-sdxl-a"]
+
+
+def test_probe_of_sdxl_with_zero_text_encoder_scores_zero(sdxl, no_norm_emphasis):
+    check_zero_text_encoder_scores_zero(sdxl, "uncondlab-tiny-sdxl-zero-te")
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"levels": 0}, "'levels' must be an integer"),
+    ({"cfg_scale": 1}, "'cfg_scale' must be a number in (1, 100]"),
+    ({"seeds": "0,1"}, "'seeds' must be a list of integers"),
+    ({"steps": 4}, "unknown setting(s) 'steps'"),
+])
+def test_probe_refuses_bad_input(sd15, body, fragment):
+    with pytest.raises(ApiError) as error:
+        sd15.post("/uncond-lab/v1/probe", body)
+    assert error.value.status == 422 and fragment in error.value.body
+
+
+def test_compare_grid_shows_the_webui_default_null_zero_and_blend(sdxl):
+    blend = {"enabled": True, "zero_weight": 0.5, "end": 0.6}
+    grid = sdxl.txt2img({**blend, "compare": True})
+    assert len(grid.images) == 6  # labelled grid, default, null, zero, difference map, the blend itself
+    width, height, _ = grid.pixels[0]
+    assert width > 4 * 64 and height > 64
+    default, null, zero, _diff, own = grid.pixels[1:]
+    assert default == sdxl.txt2img().pixels[0]
+    assert null == sdxl.txt2img(negative_prompt=" ").pixels[0]
+    assert zero == sdxl.txt2img({"enabled": True, "zero_weight": 1.0}).pixels[0]
+    assert own == sdxl.txt2img(blend).pixels[0]
+    assert "Uncond zero weight: 0.0" in grid.infotexts[2] and "Uncond zero weight: 1.0" in grid.infotexts[3]
+    assert "Uncond" not in grid.infotexts[1]
+
+
+def test_compare_on_sd15(sd15):
+    grid = sd15.txt2img({"enabled": True, "zero_weight": 1.0, "compare": True})
+    default, null, zero, _diff, own = grid.pixels[1:]
+    assert default == null  # SD1.x: every WebUI feeds te("") already
+    assert zero == own != null
