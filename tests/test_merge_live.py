@@ -3,7 +3,7 @@ float8 caches, on small hand-built modules shaped like A1111's (names as in A mo
 import torch
 from torch import nn
 
-from lib_ext.merge_live import (Fp16Caches, checkpoint_key, clean_value, live_tensors, modules_by_group,
+from lib_ext.merge.live import (Fp16Caches, checkpoint_key, clean_value, live_tensors, modules_by_group,
                                 reset_lora_caches, unbake_lora, write_targets)
 
 

@@ -5,7 +5,7 @@ import torch
 
 from lib_ext.merge.recipe import MergeRecipe
 from lib_ext.merge.save import merged_state_dict
-from lib_ext.merge_patches import PATCH_DIFF, PATCH_SET, PatchMerge, patch_kind, reforge_weight
+from lib_ext.merge.patches import PATCH_DIFF, PATCH_SET, PatchMerge, patch_kind, reforge_weight
 from merge_fixtures import assert_bits_equal, sd1_checkpoint, write_checkpoint
 
 A, B, C = sd1_checkpoint(0), sd1_checkpoint(1), sd1_checkpoint(2)
@@ -94,7 +94,7 @@ def test_incompatible_inputs_are_refused_before_anything_is_read(paths, tmp_path
 
 
 def test_widest_dtype():
-    from lib_ext.merge_patches import widest_dtype
+    from lib_ext.merge.patches import widest_dtype
     tensors = [torch.zeros(1, dtype=torch.float16), torch.zeros(1, dtype=torch.float32), torch.zeros(1, dtype=torch.int64)]
     assert widest_dtype(tensors) == torch.float32
     assert widest_dtype([torch.zeros(1, dtype=torch.bfloat16)]) == torch.bfloat16
@@ -102,7 +102,7 @@ def test_widest_dtype():
 
 
 def test_a_weight_hidden_behind_a_wrapper_is_patched_under_both_names():
-    from lib_ext.merge_patches import with_wrapped_aliases
+    from lib_ext.merge.patches import with_wrapped_aliases
     token = torch.ones(2)
     tensors = {"clip_l.transformer.text_model.embeddings.token_embedding.weight": token,
                "clip_l.transformer.text_model.final_layer_norm.weight": torch.zeros(2)}

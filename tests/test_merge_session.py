@@ -5,7 +5,7 @@ import torch
 
 from lib_ext.merge.keys import classify_key
 from lib_ext.merge.recipe import MergeRecipe
-from lib_ext.merge_session import MergeSessions, fingerprint, pending_groups
+from lib_ext.merge.session import MergeSessions, fingerprint, pending_groups
 from merge_fixtures import assert_bits_equal, sd1_checkpoint, write_checkpoint
 
 A, B, C = sd1_checkpoint(0), sd1_checkpoint(1), sd1_checkpoint(2)
@@ -201,7 +201,7 @@ def test_fingerprint_sees_a_changed_value_dtype_or_shape():
 
 
 def test_update_messages():
-    from lib_ext.merge_session import MergeUpdate
+    from lib_ext.merge.session import MergeUpdate
     assert MergeUpdate("applied", {"unet": 0.5, "te": 0.5}, 0.031, unet_ratio=0.5).message() == \
         "Uncond Lab: merge ratio 0.5 applied in 0.03 s (UNet 0.5, text encoders 0.5)"
     assert MergeUpdate("restored", {"unet": None}, 0.2).message() == \

@@ -1,7 +1,7 @@
 """Sweep lists in the X/Y/Z plot's syntax, the uncond list, cell order and grid labels; hostile input refused."""
 import pytest
 
-from lib_ext.sweep import (MAX_CELLS, MAX_VALUES, SweepError, SweepPlan, parse_cfgs, parse_ratios, parse_unconds,
+from lib_ext.merge.sweep import (MAX_CELLS, MAX_VALUES, SweepError, SweepPlan, parse_cfgs, parse_ratios, parse_unconds,
                            plan_sweep, uncond_label)
 
 

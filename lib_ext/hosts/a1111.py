@@ -9,11 +9,11 @@ import torch
 from k_diffusion.external import CompVisDenoiser, CompVisVDenoiser
 from modules import devices, processing, sd_models, sd_samplers_kdiffusion, sd_samplers_timesteps, shared
 
-from lib_ext import merge_live
+from lib_ext.merge import live as merge_live
 from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, check_flow_sigmas, flow_noise_as_ve_noise,
                           rf_sampler_policy, seeded_euler_ancestral_rf)
 from lib_ext.merge import MergeTargetError
-from lib_ext.merge_session import MergeSessions
+from lib_ext.merge.session import MergeSessions
 from lib_ext.probe import ve_noising
 from lib_ext.uncond import discrete_percent_to_sigma
 
@@ -136,8 +136,8 @@ def _flow_noised(sample_img2img):
 
 
 # --- merge: A1111 has no patch system, so the merge is written into the loaded weights ---------------------
-# One MergeSessions keeps the resident copies between generations (lib_ext/merge_session.py says why and when
-# they are restored); _ModelHost is what A1111 needs around each write (lib_ext/merge_live.py).
+# One MergeSessions keeps the resident copies between generations (lib_ext/merge/session.py says why and when
+# they are restored); _ModelHost is what A1111 needs around each write (lib_ext/merge/live.py).
 
 MERGE_SESSIONS = MergeSessions(log=lambda line: print(line, flush=True))
 
@@ -163,7 +163,7 @@ def invalidate_cond_caches(p=None) -> None:
 
 
 class _ModelHost:
-    """lib_ext.merge_session.SessionHost for A1111's loaded model. Holds the model weakly: a session must not keep
+    """lib_ext.merge.session.SessionHost for A1111's loaded model. Holds the model weakly: a session must not keep
     an unloaded model alive. Live tensors are looked up again at every call (--medvram/--lowvram move modules)."""
 
     def __init__(self, sd_model, keys: frozenset[str]):

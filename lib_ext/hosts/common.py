@@ -252,7 +252,7 @@ def resolve_merge(request: MergeRequest, sd_model) -> ResolvedMerge:
 
 
 def start_merge(p, settings: Settings) -> bool:
-    """Make the weights hold this generation's merge, or the originals (see lib_ext/merge_session.py for why
+    """Make the weights hold this generation's merge, or the originals (see lib_ext/merge/session.py for why
     that happens here, lazily); record the recipe in infotext. False when the generation has been failed."""
     setattr(p, MERGE_ATTR, None)
     for key in MERGE_INFOTEXT_KEYS:  # X/Y/Z cells share one extra_generation_params dict

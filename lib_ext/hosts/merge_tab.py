@@ -5,7 +5,7 @@
 Every cell is an ordinary txt2img through the WebUI's processing, with Uncond Lab's own settings in its script
 slot: the merge is applied by the same code as in txt2img (one weight update per ratio, since cells run ratio
 outermost), and each picture's infotext records it. After the sweep, whatever happened, the weights are
-restored and the merge's copies freed. Parsing and layout live in lib_ext/sweep.py.
+restored and the merge's copies freed. Parsing and layout live in lib_ext/merge/sweep.py.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from lib_ext.merge import MergeRecipe, save_merge
 from lib_ext.merge.inplace import compute_dtype_for
 from lib_ext.merge.recipe import METHOD_LABELS, parse_method
 from lib_ext.settings import Settings, SettingsError
-from lib_ext.sweep import SweepError, plan_sweep, uncond_label
+from lib_ext.merge.sweep import SweepError, plan_sweep, uncond_label
 
 SCRIPT_TITLE = "Uncond Lab"
 LOADED_MODEL = "Loaded model"

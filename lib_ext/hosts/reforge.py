@@ -15,7 +15,7 @@ from modules import processing, sd_samplers_common, sd_samplers_kdiffusion, shar
 from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, check_flow_sigmas, flow_noise_as_ve_noise,
                           rf_sampler_policy, seeded_euler_ancestral_rf)
 from lib_ext.merge import MergeTargetError
-from lib_ext.merge_patches import PATCH_SET, PatchMerge, widest_dtype, with_wrapped_aliases
+from lib_ext.merge.patches import PATCH_SET, PatchMerge, widest_dtype, with_wrapped_aliases
 from lib_ext.probe import flow_noising, ve_noising
 
 log = logging.getLogger("uncond_lab")
@@ -229,7 +229,7 @@ def _restoring_model_sampling(run):
     return run_then_restore
 
 
-# --- merge: weight patches on clones of reForge's patchers (lib_ext/merge_patches.py) -----------------------
+# --- merge: weight patches on clones of reForge's patchers (lib_ext/merge/patches.py) -----------------------
 # reForge resets `sd_model.forge_objects` from `forge_objects_after_applying_lora` at every batch and pass, and
 # puts the unpatched weights back itself whenever another patch set is loaded: the merge is undone per run and
 # a LoRA's patches stack on top of ours. What is kept between generations is only the differences (one

@@ -8,6 +8,10 @@
     safetensors_stream.py a bounded-memory safetensors writer
     save.py               'Save this merge': metadata, safe names, never overwrite
     cli.py                `python -m lib_ext.merge`
+    session.py            MergeSessions: the resident copies kept between generations; when they are restored
+    live.py               A1111's live tensors by checkpoint key (hijack wrappers, Lora backups, fp8 caches)
+    patches.py            reForge: a merge as weight patches on its model patchers
+    sweep.py              the tab's sweep: ratio/CFG/uncond lists in the X/Y/Z syntax, grid layout
 See README.md in this folder for the memory each option needs.
 """
 from lib_ext.merge.inplace import InPlaceMerge, MemoryEstimate, MergeTargetError, estimate_memory
