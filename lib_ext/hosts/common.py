@@ -3,6 +3,8 @@ the rectified-flow decision and preflight (the installation itself differs per h
 names and infotext."""
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import time
@@ -286,6 +288,40 @@ def start_merge(p, settings: Settings) -> bool:
 def release_merge() -> None:
     """Restore the weights and free the merge's copies now (end of a sweep, UI reload)."""
     host.release_merge()
+
+
+class _OutsideGeneration:
+    """The attributes of a `p` that the merge glue reads, for work on the model between generations (the probe)."""
+
+    def __init__(self, sd_model):
+        self.sd_model = sd_model
+        self.extra_generation_params: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def merge_outside_generation(sd_model, request: MergeRequest | None):
+    """The loaded model holding `request`'s merge, or its own weights (None; a merged generation on A1111 leaves
+    its merge in place until the next one), as a generation's sampling would see it. Yields the ResolvedMerge.
+    The copies stay for the next call (a ratio sweep reuses them): call release_merge() when done."""
+    p = _OutsideGeneration(sd_model)
+    resolved = None if request is None else resolve_merge(request, sd_model)
+    host.sync_merge(p, resolved)
+    setattr(p, MERGE_ATTR, resolved)
+    try:
+        host.merge_batch(p)
+        host.merge_sampling(p)
+        yield resolved
+    finally:
+        host.merge_done(p)
+
+
+def merge_identity(resolved: ResolvedMerge | None) -> str | None:
+    """What names a merge for a cache: the inputs by their titles (short hashes), the method and the ratios."""
+    if resolved is None:
+        return None
+    recipe = resolved.recipe
+    return json.dumps({"models": resolved.titles, "method": recipe.method, "ratios": recipe.group_ratios(),
+                       "vae": recipe.include_vae}, sort_keys=True)
 
 
 def merge_model_loaded(sd_model) -> None:

@@ -1,14 +1,18 @@
 """The uncond-bias probe on the loaded model: shared by the tab and `POST /uncond-lab/v1/probe`."""
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from modules import devices, prompt_parser, shared
 
 from lib_ext.hosts import common, host
-from lib_ext.probe import ProbeCache, ProbeError, ProbeKey, ProbeResult, ProbeSettings, probe
+from lib_ext.merge.sweep import SweepError, parse_ratios
+from lib_ext.probe import (ProbeCache, ProbeError, ProbeKey, ProbeResult, ProbeSettings, RatioSweep, probe,
+                           sweep_ratios)
+from lib_ext.settings import MergeRequest, Settings, SettingsError
 
 log = logging.getLogger("uncond_lab")
 
@@ -36,17 +40,52 @@ class ProbeService:
     def __init__(self, cache_size: int = 32):
         self.cache = ProbeCache(cache_size)
 
-    def run(self, settings: ProbeSettings, on_level: Callable[[int, int], None] | None = None
-            ) -> tuple[ProbeResult, bool]:
-        """(result, whether it came from the cache) for the loaded model. Call it holding the queue lock."""
+    def run(self, settings: ProbeSettings, merge: MergeRequest | None = None,
+            on_level: Callable[[int, int], None] | None = None) -> tuple[ProbeResult, bool]:
+        """(result, whether it came from the cache) for the loaded model, merged as `merge` asks. Call it holding
+        the queue lock; the model's own weights are back when it returns."""
+        try:
+            return self._run(settings, merge, on_level)
+        finally:
+            if merge is not None:
+                common.release_merge()
+
+    def sweep(self, settings: ProbeSettings, merge: MergeRequest, ratios: Sequence[float],
+              on_ratio: Callable[[int, int], None] | None = None) -> tuple[RatioSweep, list[bool]]:
+        """The probe at each merge ratio (the text encoders follow unless `merge` fixes their ratio); the merge's
+        copies are read once for all ratios, the weights restored at the end."""
+        cached: list[bool] = []
+
+        def probe_at(ratio: float) -> ProbeResult:
+            if on_ratio is not None:
+                on_ratio(len(cached), len(ratios))
+            result, hit = self._run(settings, dataclasses.replace(merge, unet_ratio=ratio), None)
+            cached.append(hit)
+            return result
+
+        try:
+            return sweep_ratios(ratios, probe_at), cached
+        finally:
+            common.release_merge()
+
+    def _run(self, settings: ProbeSettings, merge: MergeRequest | None,
+             on_level: Callable[[int, int], None] | None) -> tuple[ProbeResult, bool]:
         sd_model = shared.sd_model
         if sd_model is None:
             raise ProbeError("Uncond Lab probe: no model is loaded")
         if getattr(sd_model, "is_sd3", False) or getattr(sd_model, "is_sdxl_inpaint", False) or \
                 getattr(getattr(sd_model, "model", None), "conditioning_key", None) == "hybrid":
             raise ProbeError("Uncond Lab probe: SD3 and inpainting models are not supported")
+        try:
+            with common.merge_outside_generation(sd_model, merge) as resolved:
+                return self._probe(sd_model, settings, common.merge_identity(resolved), on_level)
+        except common.MergeRequestError as error:
+            raise ProbeError(str(error)) from None
+
+    def _probe(self, sd_model, settings: ProbeSettings, recipe: str | None,
+               on_level: Callable[[int, int], None] | None) -> tuple[ProbeResult, bool]:
         denoise, sigma_table, noising = host.probe_model(sd_model)
-        key = ProbeKey.for_table(model_identity(sd_model), None, settings, sigma_table.cpu(), _variant(sd_model))
+        key = ProbeKey.for_table(model_identity(sd_model), recipe, settings, sigma_table.cpu(), _variant(sd_model))
         cached = self.cache.get(key)
         if cached is not None:
             return cached, True
@@ -78,11 +117,55 @@ def model_identity(sd_model) -> str:
     return getattr(sd_model, "sd_model_hash", None) or getattr(info, "filename", None) or str(id(sd_model))
 
 
-def result_json(result: ProbeResult, cached: bool) -> dict[str, Any]:
+def _model_json() -> dict[str, Any]:
     sd_model = shared.sd_model
     info = getattr(sd_model, "sd_checkpoint_info", None)
-    return {"model": {"name": getattr(info, "name_for_extra", None), "hash": getattr(sd_model, "sd_model_hash", None)},
-            "recipe": None, "cached": cached, **result.to_dict()}
+    return {"name": getattr(info, "name_for_extra", None), "hash": getattr(sd_model, "sd_model_hash", None)}
+
+
+def result_json(result: ProbeResult, cached: bool, merge: MergeRequest | None = None) -> dict[str, Any]:
+    return {"model": _model_json(), "merge": None if merge is None else merge_json(merge), "cached": cached,
+            **result.to_dict()}
+
+
+def sweep_json(sweep: RatioSweep, cached: Sequence[bool], merge: MergeRequest) -> dict[str, Any]:
+    """A ratio sweep: `columns` holds the score (and more) per ratio, `results` every full probe."""
+    return {"model": _model_json(), "merge": {**merge_json(merge), "merge_ratio": list(sweep.ratios)},
+            "cached": list(cached), **sweep.to_dict()}
+
+
+def merge_json(merge: MergeRequest) -> dict[str, Any]:
+    return {"merge_model": merge.model_b, "merge_method": merge.method, "merge_model_c": merge.model_c,
+            "merge_ratio": merge.unet_ratio, "merge_te_ratio": merge.te_ratio}
+
+
+MERGE_KEYS = ("merge_model", "merge_method", "merge_model_c", "merge_ratio", "merge_te_ratio")
+
+
+def merge_request(values: Any) -> tuple[MergeRequest | None, list[float] | None]:
+    """The probe's optional `merge` object: Uncond Lab's merge settings (as in `alwayson_scripts`), where
+    `merge_ratio` may also be a list or an X/Y/Z range ("0-1 [5]") for a sweep. (request, sweep ratios or None)."""
+    if values is None:
+        return None, None
+    if not isinstance(values, Mapping):
+        raise ProbeError(f"Uncond Lab probe: 'merge' must be a JSON object of {', '.join(MERGE_KEYS)}, "
+                         f"got {type(values).__name__}")
+    unknown = [key for key in values if key not in MERGE_KEYS]
+    if unknown:
+        raise ProbeError(f"Uncond Lab probe: unknown 'merge' key(s) {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(MERGE_KEYS)}")
+    values, ratios = dict(values), None
+    ratio = values.get("merge_ratio")
+    try:
+        if isinstance(ratio, (list, str)):
+            ratios = parse_ratios(ratio if isinstance(ratio, str) else ", ".join(map(str, ratio)))
+            values["merge_ratio"] = ratios[0]
+        request = Settings.from_dict(values).merge_request()
+    except (SettingsError, SweepError) as error:
+        raise ProbeError(str(error)) from None
+    if request is None:
+        raise ProbeError("Uncond Lab probe: 'merge' needs 'merge_model', the checkpoint to merge with")
+    return request, ratios
 
 
 def register_api(app, service: ProbeService) -> None:
@@ -92,13 +175,18 @@ def register_api(app, service: ProbeService) -> None:
 
     def probe_route(body: dict = Body(default={})):  # noqa: B008 (FastAPI's idiom)
         try:
-            settings = ProbeSettings.from_dict(body)
+            values = dict(body)
+            merge, ratios = merge_request(values.pop("merge", None))
+            settings = ProbeSettings.from_dict(values)
         except (ProbeError, TypeError) as error:
             raise HTTPException(status_code=422, detail=str(error)) from error
         with queue_lock:
             shared.state.begin(job="uncond_lab_probe")
             try:
-                result, cached = service.run(settings)
+                if ratios is not None:
+                    sweep, cached = service.sweep(settings, merge, ratios)
+                    return sweep_json(sweep, cached, merge)
+                result, cached = service.run(settings, merge)
             except ProbeError as error:
                 raise HTTPException(status_code=409 if "no model" in str(error) else 422, detail=str(error)) \
                     from error
@@ -106,6 +194,6 @@ def register_api(app, service: ProbeService) -> None:
                 raise HTTPException(status_code=409, detail=str(error)) from error
             finally:
                 shared.state.end()
-        return result_json(result, cached)
+        return result_json(result, cached, merge)
 
     app.add_api_route("/uncond-lab/v1/probe", probe_route, methods=["POST"])

@@ -1,6 +1,7 @@
 """The "Probe" part of the Uncond Lab tab (gradio, no logic): the probe of the loaded model, its plot, downloads."""
 from __future__ import annotations
 
+import html
 import json
 import math
 import tempfile
@@ -10,8 +11,11 @@ import gradio as gr
 from modules import shared
 from modules.call_queue import queue_lock
 
-from lib_ext.hosts.probe_service import ProbeInterrupted, ProbeService, result_json
-from lib_ext.probe import DEFAULT_PROBE_PROMPT, ProbeError, ProbeResult, ProbeSettings
+from lib_ext.hosts.probe_service import ProbeInterrupted, ProbeService, merge_request, result_json, sweep_json
+from lib_ext.hosts.ui import NO_MERGE, TE_FOLLOWS, TE_RATIO_CHOICES, checkpoint_choices
+from lib_ext.probe import (DEFAULT_PROBE_PROMPT, LEVEL_COLUMNS, SWEEP_COLUMNS, ProbeError, ProbeResult,
+                           ProbeSettings, RatioSweep)
+from lib_ext.settings import MERGE_METHOD_LABELS, MergeRequest
 
 PLOT_METRICS = {"cfg_rel_diff": "CFG prediction, relative change", "x0_rel_diff": "x0 prediction, relative change",
                 "guidance_cosine": "cosine of the guidance directions"}
@@ -39,11 +43,53 @@ def _summary(result: ProbeResult, cached: bool) -> str:
             f"te(\"\"): {embedding}")
 
 
-def _write_downloads(result: ProbeResult, cached: bool) -> list[str]:
+def _write_downloads(result: ProbeResult, cached: bool, merge: MergeRequest | None) -> list[str]:
     folder = Path(tempfile.mkdtemp(prefix="uncond_lab_probe_"))
     (folder / "probe.csv").write_text(result.to_csv())
-    (folder / "probe.json").write_text(json.dumps(result_json(result, cached), indent=2))
+    (folder / "probe.json").write_text(json.dumps(result_json(result, cached, merge), indent=2))
     return [str(folder / "probe.csv"), str(folder / "probe.json")]
+
+
+def _table(rows: list[dict], columns: tuple[str, ...]):
+    import pandas as pd
+    return pd.DataFrame([[row[c] for c in columns] for row in rows], columns=list(columns))
+
+
+def _sweep_plot_rows(sweep: RatioSweep):
+    import pandas as pd
+    return pd.DataFrame([{"merge ratio": row["ratio"], "score": row["score"]} for row in sweep.csv_rows()])
+
+
+def _sweep_level_rows(sweep: RatioSweep):
+    """The CFG prediction's relative change over sigma, one line per ratio."""
+    import pandas as pd
+    return pd.DataFrame([{"log10 sigma": math.log10(sigma), "sigma": sigma, "metric": f"ratio {ratio:g}",
+                          "value": value}
+                         for ratio, result in zip(sweep.ratios, sweep.results)
+                         for sigma, value in zip(result.sigmas, result.cfg_rel_diff)])
+
+
+def _sweep_summary(sweep: RatioSweep, cached: list[bool]) -> str:
+    scores = ", ".join(f"r={ratio:g}: {result.score:.4f}" for ratio, result in zip(sweep.ratios, sweep.results))
+    calls = sum(result.unet_calls for result, hit in zip(sweep.results, cached) if not hit)
+    return (f"**Score by merge ratio** {scores}  \n"
+            f"Cost: {calls} UNet calls ({sum(cached)} of {len(cached)} ratios from the cache)")
+
+
+def _write_sweep_downloads(sweep: RatioSweep, cached: list[bool], merge: MergeRequest) -> list[str]:
+    folder = Path(tempfile.mkdtemp(prefix="uncond_lab_probe_sweep_"))
+    (folder / "probe_sweep.csv").write_text(sweep.to_csv())
+    (folder / "probe_sweep.json").write_text(json.dumps(sweep_json(sweep, cached, merge), indent=2))
+    return [str(folder / "probe_sweep.csv"), str(folder / "probe_sweep.json")]
+
+
+def _merge_values(model_b, method, model_c, te_ratio, ratios) -> dict | None:
+    """The merge section's values as the API's `merge` object, or None without a partner."""
+    if model_b in ("", NO_MERGE, None):
+        return None
+    return {"merge_model": model_b, "merge_method": method,
+            "merge_model_c": "" if model_c in ("", NO_MERGE, None) else model_c,
+            "merge_te_ratio": te_ratio, "merge_ratio": ratios}
 
 
 def build_probe_tab(service: ProbeService) -> None:
@@ -61,35 +107,61 @@ def build_probe_tab(service: ProbeService) -> None:
                              elem_id="uncond_lab_probe_size")
             reference = gr.Radio(["prediction", "zeros"], value=defaults.reference, label="Reference picture",
                                  elem_id="uncond_lab_probe_reference")
-            run = gr.Button("Probe the loaded model", variant="primary", elem_id="uncond_lab_probe_run")
+            with gr.Accordion("Probe a merge (the loaded model is A)", open=False,
+                              elem_id="uncond_lab_probe_merge"):
+                model_b = gr.Dropdown(checkpoint_choices(), value=NO_MERGE, label="Merge partner B",
+                                      elem_id="uncond_lab_probe_merge_model")
+                method = gr.Radio(list(MERGE_METHOD_LABELS.values()), value=MERGE_METHOD_LABELS["weighted_sum"],
+                                  label="Method", elem_id="uncond_lab_probe_merge_method")
+                model_c = gr.Dropdown(checkpoint_choices(), value=NO_MERGE, label="Model C (add difference)",
+                                      elem_id="uncond_lab_probe_merge_model_c")
+                with gr.Row():
+                    ratios = gr.Textbox("0-1 [5]", label="Merge ratios (one, or a sweep: 0-1 [5], 0, 0.3, 0.5)",
+                                        elem_id="uncond_lab_probe_merge_ratios")
+                    te_ratio = gr.Dropdown(TE_RATIO_CHOICES, value=TE_FOLLOWS, allow_custom_value=True,
+                                           label="Text-encoder ratio", elem_id="uncond_lab_probe_merge_te_ratio")
+                refresh = gr.Button("Refresh the checkpoint lists", elem_id="uncond_lab_probe_merge_refresh")
+            run = gr.Button("Probe", variant="primary", elem_id="uncond_lab_probe_run")
         with gr.Column(scale=2):
             summary = gr.Markdown(elem_id="uncond_lab_probe_summary")
             plot = gr.LinePlot(x="log10 sigma", y="value", color="metric", tooltip=["sigma", "metric", "value"],
                                title="Zero vs null uncond over the noise levels", width=600, height=320,
                                elem_id="uncond_lab_probe_plot")
-            table = gr.Dataframe(headers=["level", "sigma", "x0_rel_diff", "cfg_rel_diff", "guidance_cosine"],
-                                 interactive=False, elem_id="uncond_lab_probe_table")
+            sweep_plot = gr.LinePlot(x="merge ratio", y="score", tooltip=["merge ratio", "score"],
+                                     title="Score by merge ratio", width=600, height=240, visible=False,
+                                     elem_id="uncond_lab_probe_sweep_plot")
+            table = gr.Dataframe(headers=list(LEVEL_COLUMNS), interactive=False, elem_id="uncond_lab_probe_table")
             files = gr.File(label="CSV / JSON", file_count="multiple", interactive=False,
                             elem_id="uncond_lab_probe_files")
             error = gr.HTML(elem_id="uncond_lab_probe_error")
 
-    def run_probe(prompt_text, seeds_text, level_count, cfg, pixels, reference_name):
+    def run_probe(prompt_text, seeds_text, level_count, cfg, pixels, reference_name, *merge_controls):
         try:
             latent = int(pixels) // 8
             settings = ProbeSettings(prompt=prompt_text, seeds=_seeds(seeds_text), levels=int(level_count),
                                      cfg_scale=float(cfg), latent_shape=(4, latent, latent),
                                      reference=reference_name)
+            merge, sweep_ratios = merge_request(_merge_values(*merge_controls))
             with queue_lock:  # never beside a generation
                 shared.state.begin(job="uncond_lab_probe")
                 try:
-                    result, cached = service.run(settings)
+                    if sweep_ratios is not None and len(sweep_ratios) > 1:
+                        sweep, cached = service.sweep(settings, merge, sweep_ratios)
+                    else:
+                        sweep, (result, cached) = None, service.run(settings, merge)
                 finally:
                     shared.state.end()
         except (ProbeError, ProbeInterrupted) as problem:
-            return gr.update(), gr.update(), gr.update(), gr.update(), f"<p class='error'>{problem}</p>"
-        rows = [[row[c] for c in ("level", "sigma", "x0_rel_diff", "cfg_rel_diff", "guidance_cosine")]
-                for row in result.csv_rows()]
-        return _summary(result, cached), _plot_rows(result), rows, _write_downloads(result, cached), ""
+            return (gr.update(), gr.update(), gr.update(), gr.update(), gr.update(),
+                    f"<p class='error'>{html.escape(str(problem))}</p>")
+        if sweep is not None:
+            return (_sweep_summary(sweep, cached), _sweep_level_rows(sweep),
+                    gr.update(value=_sweep_plot_rows(sweep), visible=True), _table(sweep.csv_rows(), SWEEP_COLUMNS),
+                    _write_sweep_downloads(sweep, cached, merge), "")
+        return (_summary(result, cached), _plot_rows(result), gr.update(visible=False),
+                _table(result.csv_rows(), LEVEL_COLUMNS), _write_downloads(result, cached, merge), "")
 
-    run.click(run_probe, inputs=[prompt, seeds, levels, cfg_scale, size, reference],
-              outputs=[summary, plot, table, files, error])
+    run.click(run_probe, inputs=[prompt, seeds, levels, cfg_scale, size, reference, model_b, method, model_c,
+                                 te_ratio, ratios],
+              outputs=[summary, plot, sweep_plot, table, files, error])
+    refresh.click(lambda: [gr.update(choices=checkpoint_choices())] * 2, inputs=[], outputs=[model_b, model_c])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import random
 import re
 from dataclasses import dataclass
 
@@ -416,3 +417,47 @@ def test_the_tab_run_and_save_buttons(merge_pair):
             if os.path.exists(leftover):
                 os.unlink(leftover)
         p.webui.post("/sdapi/v1/refresh-checkpoints", {})
+
+
+# --- the probe of a merge (POST /uncond-lab/v1/probe with "merge") -------------------------------------------
+
+SMALL_PROBE = {"latent_shape": [4, 16, 16], "levels": 4, "seeds": [0], "cfg_scale": 7}
+
+
+def test_the_probe_of_a_merge_is_model_a_at_0_and_model_b_at_1_and_sweeps(merge_pair):
+    p = merge_pair
+    seeds = [random.randrange(1 << 30)]  # a running WebUI may have cached the usual seeds
+
+    def probe(**body):
+        return p.webui.post("/uncond-lab/v1/probe", {**SMALL_PROBE, "seeds": seeds, **body})
+
+    alone_a = probe()
+    p.webui.use_checkpoint(p.b)
+    alone_b = probe()
+    p.webui.use_checkpoint(p.a)
+    assert alone_a["score"] != alone_b["score"]
+
+    at_0 = probe(merge=p.merge(0.0))
+    assert at_0["cached"] is False and at_0["merge"]["merge_model"] == p.b_title
+    assert at_0["score"] == pytest.approx(alone_a["score"], rel=1e-5, abs=1e-9)
+
+    sweep = probe(merge=p.merge([0, 0.5, 1]))
+    columns = sweep["columns"]
+    assert columns["ratio"] == [0.0, 0.5, 1.0] and len(sweep["results"]) == 3
+    assert sweep["cached"] == [True, False, False]  # ratio 0: the probe above, same merge and seeds
+    assert columns["score"][0] == at_0["score"]
+    assert columns["score"][2] == pytest.approx(alone_b["score"], rel=1e-5, abs=1e-9)
+    # The probe leaves model A's own weights behind.
+    assert p.pictures() == p.alone[("A", 7.0)]
+
+
+@pytest.mark.parametrize("merge, fragment", [
+    ({"merge_model": "uncondlab-no-such-model"}, "names no known checkpoint"),
+    ({"merge_ratio": 0.5}, "'merge' needs 'merge_model'"),
+    ({"merge_model": "x", "ratio": 0.5}, "unknown 'merge' key(s) 'ratio'"),
+    ({"merge_model": "x", "merge_ratio": "0-9 [3]"}, "Merge ratios"),
+])
+def test_the_probe_refuses_a_bad_merge(merge_pair, merge, fragment):
+    with pytest.raises(ApiError) as error:
+        merge_pair.webui.post("/uncond-lab/v1/probe", {**SMALL_PROBE, "merge": merge})
+    assert error.value.status == 422 and fragment in error.value.body
