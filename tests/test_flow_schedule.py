@@ -11,6 +11,7 @@ import torch
 from lib_ext.flow import (
     FlowDenoiser,
     check_flow_sigmas,
+    checked_flow_sigmas,
     flow_percent_to_sigma,
     flow_schedule,
     flow_scheduler,
@@ -183,3 +184,15 @@ def test_sigma_max_of_the_table_is_one_not_inf():
     # regression: the noisy end of the flow table is finite (VE tables end at ~14.6); log(1) = 0 must stay finite
     denoiser = FlowDenoiser(lambda x, t, **kw: x, shift=3.0)
     assert math.isfinite(denoiser.log_sigmas[-1].item()) and denoiser.log_sigmas[-1].item() == 0.0
+
+
+def test_checked_flow_sigmas_passes_a_flow_schedule_and_refuses_a_ve_one():
+    def flow(p, steps):
+        return torch.linspace(1, 0, steps + 1)
+
+    def ve(p, steps):
+        return torch.linspace(14.6, 0, steps + 1)
+
+    assert torch.equal(checked_flow_sigmas(flow)(None, 4), flow(None, 4))
+    with pytest.raises(ValueError, match="flow sigmas must lie in"):
+        checked_flow_sigmas(ve)(None, 4)

@@ -6,6 +6,7 @@ the plain uniform grid. The UNet sees timestep = sigma · multiplier (ComfyUI `M
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -93,3 +94,15 @@ def check_flow_sigmas(sigmas: torch.Tensor) -> None:
         i = int(rises[0])
         raise ValueError(f"flow sigmas must not increase, got {values[i].item():g} then {values[i + 1].item():g} "
                          f"at index {i}")
+
+
+
+def checked_flow_sigmas(get_sigmas):
+    """A sampler's `get_sigmas(p, steps)` that refuses a schedule leaving the flow range (e.g. the WebUIs'
+    'Schedule max sigma' option)."""
+    @functools.wraps(get_sigmas)
+    def get_flow_sigmas(p, steps):
+        sigmas = get_sigmas(p, steps)
+        check_flow_sigmas(sigmas)
+        return sigmas
+    return get_flow_sigmas

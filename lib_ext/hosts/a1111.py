@@ -10,7 +10,7 @@ from k_diffusion.external import CompVisDenoiser, CompVisVDenoiser
 from modules import devices, processing, sd_models, sd_samplers_kdiffusion, sd_samplers_timesteps, shared
 
 from lib_ext.merge import live as merge_live
-from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, check_flow_sigmas, flow_noise_as_ve_noise,
+from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, checked_flow_sigmas, flow_noise_as_ve_noise,
                           rf_sampler_policy, seeded_euler_ancestral_rf)
 from lib_ext.merge import MergeTargetError
 from lib_ext.merge.session import MergeSessions
@@ -109,21 +109,11 @@ def install_flow(p, plan: RfPlan, x: torch.Tensor | None, noise: torch.Tensor | 
     func = sampler.func
     if rf_sampler_policy(sampler.config.name).action == SUBSTITUTE:
         func = seeded_euler_ancestral_rf(lambda: k_diffusion.sampling.torch.randn_like)
-    get_sigmas, sample_img2img = _checked_sigmas(sampler.get_sigmas), _flow_noised(sampler.sample_img2img)
+    get_sigmas, sample_img2img = checked_flow_sigmas(sampler.get_sigmas), _flow_noised(sampler.sample_img2img)
     # Nothing below can fail: a half-installed flow is not possible.
     sampler.model_wrap = sampler.model_wrap_cfg.model_wrap = denoiser
     sampler.func, sampler.get_sigmas, sampler.sample_img2img = func, get_sigmas, sample_img2img
     setattr(sampler, FLOW_MARK, plan)
-
-
-def _checked_sigmas(get_sigmas):
-    """The sampler's schedule, refused if it leaves the flow range (e.g. the 'Schedule max sigma' option)."""
-    @functools.wraps(get_sigmas)
-    def get_flow_sigmas(p, steps):
-        sigmas = get_sigmas(p, steps)
-        check_flow_sigmas(sigmas)
-        return sigmas
-    return get_flow_sigmas
 
 
 def _flow_noised(sample_img2img):

@@ -12,7 +12,7 @@ from ldm_patched.modules import model_sampling as ldm_model_sampling
 from ldm_patched.modules.model_sampling import CONST
 from modules import processing, sd_samplers_common, sd_samplers_kdiffusion, shared
 
-from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, check_flow_sigmas, flow_noise_as_ve_noise,
+from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, checked_flow_sigmas, flow_noise_as_ve_noise,
                           rf_sampler_policy, seeded_euler_ancestral_rf)
 from lib_ext.merge import MergeTargetError
 from lib_ext.merge.patches import PATCH_SET, PatchMerge, widest_dtype, with_wrapped_aliases
@@ -191,7 +191,7 @@ def install_flow(p, plan: RfPlan, x: torch.Tensor | None, noise: torch.Tensor | 
         func = sampler.func
         if rf_sampler_policy(sampler.config.name).action == SUBSTITUTE:
             func = seeded_euler_ancestral_rf(lambda: sd_samplers_common.sampling.torch.randn_like)
-        get_sigmas = _checked_sigmas(sampler.get_sigmas)
+        get_sigmas = checked_flow_sigmas(sampler.get_sigmas)
         sample, sample_img2img = _restoring_model_sampling(sampler.sample), _restoring_model_sampling(
             sampler.sample_img2img)
 
@@ -204,16 +204,6 @@ def install_flow(p, plan: RfPlan, x: torch.Tensor | None, noise: torch.Tensor | 
         sampler.func, sampler.get_sigmas = func, get_sigmas
         sampler.sample, sampler.sample_img2img = sample, sample_img2img
         setattr(sampler, FLOW_MARK, plan)
-
-
-def _checked_sigmas(get_sigmas):
-    """The sampler's schedule, refused if it leaves the flow range (e.g. the 'Schedule max sigma' option)."""
-    @functools.wraps(get_sigmas)
-    def get_flow_sigmas(p, steps):
-        sigmas = get_sigmas(p, steps)
-        check_flow_sigmas(sigmas)
-        return sigmas
-    return get_flow_sigmas
 
 
 def _restoring_model_sampling(run):
