@@ -388,8 +388,9 @@ def gradio_call(webui, elem_id: str, data: list) -> list:
 
 
 def gallery_file(entry) -> str:
+    """The file of a gallery entry; gradio adds "?<mtime>" to names it serves (a cache buster)."""
     item = entry[0] if isinstance(entry, (list, tuple)) else entry
-    return item["name"] if isinstance(item, dict) else item
+    return (item["name"] if isinstance(item, dict) else item).split("?")[0]
 
 
 def test_the_tab_run_and_save_buttons(merge_pair):
@@ -448,6 +449,21 @@ def test_the_probe_of_a_merge_is_model_a_at_0_and_model_b_at_1_and_sweeps(merge_
     assert columns["score"][0] == at_0["score"]
     assert columns["score"][2] == pytest.approx(alone_b["score"], rel=1e-5, abs=1e-9)
     # The probe leaves model A's own weights behind.
+    assert p.pictures() == p.alone[("A", 7.0)]
+
+
+def test_the_probe_tab_sweeps_the_merge_ratio(merge_pair):
+    p = merge_pair
+    probe_settings = ["a lighthouse", str(random.randrange(1 << 30)), 4, 7, 128, "prediction"]
+    merge = [p.b_title, "Weighted sum", "None", "follow", "0, 1"]
+    summary, levels, sweep_plot, table, files, error = gradio_call(p.webui, "uncond_lab_probe_run",
+                                                                    probe_settings + merge)
+    assert error == "" and "Score by merge ratio" in summary and "r=0:" in summary and "r=1:" in summary
+    assert len(files) == 2 and sweep_plot["visible"] is True
+    assert [row[0] for row in table["data"]] == [0, 1]
+    plain = gradio_call(p.webui, "uncond_lab_probe_run", probe_settings + ["None", "Weighted sum", "None", "follow",
+                                                                           "0, 1"])
+    assert "**Score " in plain[0] and plain[5] == ""
     assert p.pictures() == p.alone[("A", 7.0)]
 
 

@@ -78,6 +78,7 @@ def test_infotext_paste_restores_rf(page):
 def test_probe_tab_runs(page, webui):
     webui.use_checkpoint("uncondlab-tiny-sd15-a")
     page.locator("#tabs > .tab-nav button", has_text="Uncond Lab").click()
+    page.locator("#tab_uncond_lab_tab .tab-nav button", has_text="Probe").click()
     page.locator("#uncond_lab_probe_size input[type=number]").fill("128")
     page.locator("#uncond_lab_probe_size input[type=number]").press("Enter")
     page.locator("#uncond_lab_probe_run").click()
