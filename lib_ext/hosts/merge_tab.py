@@ -320,13 +320,15 @@ def _run_from_ui(id_task, *values):
     return gallery, f"<p>{summary}</p>{errors}<pre>{html.escape(result.grid_infotext)}</pre>"
 
 
-def _save_from_ui(id_task, save_ratio, name, *values):
+def _save_from_ui(id_task, save_ratio, name, *values) -> tuple[str, str]:
+    """(what was saved, ""): the WebUI's call wrapper writes its timing, or an unexpected error, into the last
+    output, and needs two (it returns a tuple, which gradio would hand whole to a single output)."""
     try:
         saved = save_this_merge(_ui_request(*values), float(save_ratio), name)
     except (SweepError, SweepRequestError, common.MergeRequestError, ValueError, OSError) as error:
-        return f"<p class='uncond-lab-error'>{html.escape(str(error))}</p>"
+        return f"<p class='uncond-lab-error'>{html.escape(str(error))}</p>", ""
     return (f"<p>Saved {html.escape(saved['path'])}; it is in the checkpoint list as "
-            f"<code>{html.escape(saved['title'])}</code> ({html.escape(saved['recipe'])})</p>")
+            f"<code>{html.escape(saved['title'])}</code> ({html.escape(saved['recipe'])})</p>"), ""
 
 
 def build_sweep_tab() -> None:
@@ -377,15 +379,18 @@ def build_sweep_tab() -> None:
                                            elem_id=f"{ELEM}_save_name")
                     save = gr.Button("Save this merge", elem_id=f"{ELEM}_save")
                 saved = gr.HTML(elem_id=f"{ELEM}_saved")
+                save_status = gr.HTML(elem_id=f"{ELEM}_save_status")
         with gr.Column(scale=6, elem_id=f"{ELEM}_gallery_container"):
             gallery = gr.Gallery(label="Sweep", elem_id=f"{ELEM}_gallery", columns=4)
             info = gr.HTML(elem_id=f"{ELEM}_info")
     values = [model_a, model_b, model_c, method, ratios, te_ratio, cfgs, unconds, prompt, negative, seed, steps,
               width, height, sampler, scheduler]
-    run.click(call_queue.wrap_gradio_gpu_call(_run_from_ui, extra_outputs=[None, ""]),
+    # extra_outputs: what the wrapper shows in every output but the last one (its error message) on an exception.
+    run.click(call_queue.wrap_gradio_gpu_call(_run_from_ui, extra_outputs=[None]),
               _js="uncondLabSweepSubmit", inputs=[id_task, *values], outputs=[gallery, info])
     save.click(call_queue.wrap_gradio_gpu_call(_save_from_ui, extra_outputs=[""]),
-               _js="uncondLabSweepSubmit", inputs=[id_task, save_ratio, save_name, *values], outputs=[saved])
+               _js="uncondLabSweepSubmit", inputs=[id_task, save_ratio, save_name, *values],
+               outputs=[saved, save_status])
     interrupt.click(lambda: shared.state.interrupt(), inputs=[], outputs=[])
     skip.click(lambda: shared.state.skip(), inputs=[], outputs=[])
 

@@ -377,6 +377,22 @@ def test_a_lora_applies_on_top_of_the_merge_and_never_into_model_a(merge_pair):
         os.unlink(path)
 
 
+def test_rectified_flow_samples_the_merge(merge_pair):
+    """RF and the merge on one generation (on reForge both work on the UNet patcher: the flow clone must keep the
+    merge's weight patches): ratio 0 samples A, ratio 1 samples B, each as RF."""
+    p = merge_pair
+    rf = {"enabled": True, "rf": True, "shift": 3.0}
+    schedule = {"scheduler": "Rectified Flow"}
+    rf_a = p.pictures(rf, **schedule)
+    p.webui.use_checkpoint(p.b)
+    rf_b = p.pictures(rf, **schedule)
+    p.webui.use_checkpoint(p.a)
+    assert rf_a != rf_b and rf_a != p.alone[("A", 7.0)]
+    assert p.pictures({**rf, **p.merge(0.0)}, **schedule) == rf_a
+    assert p.pictures({**rf, **p.merge(1.0)}, **schedule) == rf_b
+    assert p.pictures() == p.alone[("A", 7.0)]
+
+
 # --- the tab itself, through Gradio's HTTP API (what its buttons call) ----------------------------------------
 
 def gradio_call(webui, elem_id: str, data: list) -> list:
@@ -408,7 +424,9 @@ def test_the_tab_run_and_save_buttons(merge_pair):
     assert [cells[0]] == p.alone[("A", 7.0)] and [cells[1]] == p.alone[("B", 7.0)]
     assert p.pictures() == p.alone[("A", 7.0)]
 
-    (saved,) = gradio_call(p.webui, "uncond_lab_tab_save", ["task(uncondlab-e2e-save)", 0.5, "tab save test", *values])
+    saved, status = gradio_call(p.webui, "uncond_lab_tab_save",
+                                ["task(uncondlab-e2e-save)", 0.5, "tab save test", *values])
+    assert "Time taken" in status
     path = re.search(r"Saved (.+?\.safetensors)", saved).group(1)
     try:
         assert os.path.isfile(path) and "tab save test.safetensors" in path
