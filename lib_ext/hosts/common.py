@@ -304,12 +304,17 @@ def merge_outside_generation(sd_model, request: MergeRequest | None):
     its merge in place until the next one), as a generation's sampling would see it. Yields the ResolvedMerge.
     The copies stay for the next call (a ratio sweep reuses them): call release_merge() when done."""
     p = _OutsideGeneration(sd_model)
-    resolved = None if request is None else resolve_merge(request, sd_model)
-    host.sync_merge(p, resolved)
-    setattr(p, MERGE_ATTR, resolved)
     try:
+        resolved = None if request is None else resolve_merge(request, sd_model)
+        host.sync_merge(p, resolved)
+        setattr(p, MERGE_ATTR, resolved)
         host.merge_batch(p)
         host.merge_sampling(p)
+    except Exception as error:  # incompatible models, an unreadable file: the caller reports it as bad input
+        host.merge_done(p)
+        raise MergeRequestError(str(error) if str(error).startswith("Uncond Lab")
+                                else f"Uncond Lab: merge failed: {error}") from error
+    try:
         yield resolved
     finally:
         host.merge_done(p)
