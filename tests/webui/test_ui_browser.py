@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -88,11 +89,33 @@ def test_probe_tab_runs(page, webui):
     screenshot(page, "probe_tab")
 
 
+def wait_for(condition, what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.2)
+
+
 def test_ui_reload_keeps_one_copy_of_each_axis(page, webui):
-    """Reload UI re-imports every script and runs on_before_ui again, on a fresh X/Y/Z module."""
-    page.evaluate("() => { window.uncondLabBeforeReload = true; }")
+    """Reload UI re-imports every script and runs on_before_ui again, on a fresh X/Y/Z module.
+
+    No request may reach the restarted server between its gradio launch and its API routes: the first request
+    starts the app, and the WebUI's own create_api then fails ("Cannot add middleware after an application has
+    started"), leaving it without /sdapi for good. The Reload page's JS polls exactly then, so the page is sent
+    away once the server has the restart command and comes back after the log's next "Startup time:"."""
+    if getattr(webui, "log_path", None) is None:
+        pytest.skip("the WebUI's log is unknown (set UNCOND_LAB_WEBUI_LOG with UNCOND_LAB_WEBUI_URL)")
+
+    def log_count(marker: str) -> int:
+        return Path(webui.log_path).read_text(errors="replace").count(marker)
+
+    restarts, startups = log_count("Restarting UI"), log_count("Startup time:")
     page.locator("#footer a", has_text="Reload UI").click()
-    page.wait_for_function("() => window.uncondLabBeforeReload === undefined", timeout=180_000)  # a new page
+    wait_for(lambda: log_count("Restarting UI") > restarts, "the restart")
+    page.goto("about:blank")
+    wait_for(lambda: log_count("Startup time:") > startups, "the restarted UI")
+    page.goto(webui.url, timeout=120_000)
     page.wait_for_selector("#script_txt2img_uncond_lab_enabled", state="attached", timeout=180_000)
     info = next(s for s in webui.get("/sdapi/v1/script-info") if s["name"] == "x/y/z plot" and not s["is_img2img"])
     labels = info["args"][0]["choices"]
