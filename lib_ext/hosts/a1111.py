@@ -7,12 +7,13 @@ import weakref
 import k_diffusion.sampling
 import torch
 from k_diffusion.external import CompVisDenoiser, CompVisVDenoiser
-from modules import devices, processing, sd_models, sd_samplers_kdiffusion, sd_samplers_timesteps, shared
+from modules import devices, sd_models, sd_samplers_kdiffusion, sd_samplers_timesteps, shared
 
-from lib_ext.merge import live as merge_live
 from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, checked_flow_sigmas, flow_noise_as_ve_noise,
                           rf_sampler_policy, seeded_euler_ancestral_rf)
+from lib_ext.hosts.webui_state import drop_cached_conds
 from lib_ext.merge import MergeTargetError
+from lib_ext.merge import live as merge_live
 from lib_ext.merge.session import MergeSessions
 from lib_ext.probe import ve_noising
 from lib_ext.uncond import discrete_percent_to_sigma
@@ -139,19 +140,6 @@ def _checkpoint_keys(path: str) -> frozenset[str]:
         return frozenset(file.keys())
 
 
-def invalidate_cond_caches(p=None) -> None:
-    """Drop the WebUI's cached conds (their key ignores weights, A processing.py:440-458): the text encoders
-    changed. The caches are class-level lists shared by every `p`; a `p` may hold an older list."""
-    lists = [getattr(owner, name, None)
-             for owner in (processing.StableDiffusionProcessing, processing.StableDiffusionProcessingTxt2Img)
-             for name in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc")]
-    if p is not None:
-        lists += [getattr(p, name, None) for name in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc")]
-    for cache in lists:
-        if isinstance(cache, list) and cache:
-            cache[0] = None
-
-
 class _ModelHost:
     """lib_ext.merge.session.SessionHost for A1111's loaded model. Holds the model weakly: a session must not keep
     an unloaded model alive. Live tensors are looked up again at every call (--medvram/--lowvram move modules)."""
@@ -187,7 +175,7 @@ class _ModelHost:
             else:
                 self._fp16.set_aside(modules[group])
         if "te" in ratios:
-            invalidate_cond_caches()
+            drop_cached_conds()
 
     def alive(self) -> bool:
         model = self._model()
@@ -209,7 +197,7 @@ def sync_merge(p, resolved) -> None:
     updates = MERGE_SESSIONS.sync(resolved.key, recipe,
                                   lambda: _ModelHost(sd_model, _checkpoint_keys(recipe.model_a)), placement=placement)
     if any(update.kind != "prepared" and "te" in update.ratios for update in updates):
-        invalidate_cond_caches(p)
+        drop_cached_conds(p)
 
 
 def merge_batch(p) -> None:

@@ -10,10 +10,11 @@ import torch
 from ldm_patched.modules import model_management
 from ldm_patched.modules import model_sampling as ldm_model_sampling
 from ldm_patched.modules.model_sampling import CONST
-from modules import processing, sd_samplers_common, sd_samplers_kdiffusion, shared
+from modules import sd_samplers_common, sd_samplers_kdiffusion, shared
 
 from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, checked_flow_sigmas, flow_noise_as_ve_noise,
                           rf_sampler_policy, seeded_euler_ancestral_rf)
+from lib_ext.hosts.webui_state import drop_cached_conds
 from lib_ext.merge import MergeTargetError
 from lib_ext.merge.patches import PATCH_SET, PatchMerge, widest_dtype, with_wrapped_aliases
 from lib_ext.probe import flow_noising, ve_noising
@@ -380,11 +381,7 @@ def _note_text_encoder_state(p, state) -> None:
     if _COND_STATE["te"] == state:
         return
     _COND_STATE["te"] = state
-    for owner in (p, processing.StableDiffusionProcessing, processing.StableDiffusionProcessingTxt2Img):
-        for name in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
-            cache = getattr(owner, name, None)
-            if isinstance(cache, list) and cache:
-                cache[0] = None
+    drop_cached_conds(p)
 
 
 def sync_merge(p, resolved) -> None:
