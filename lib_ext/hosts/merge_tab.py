@@ -21,6 +21,7 @@ import gradio as gr
 from modules import call_queue, images, processing, scripts, sd_models, sd_samplers, sd_vae, shared
 
 from lib_ext.hosts import common, host
+from lib_ext.hosts.webui_state import webui_job
 from lib_ext.merge import MergeRecipe, save_merge
 from lib_ext.merge.inplace import compute_dtype_for
 from lib_ext.merge.recipe import METHOD_LABELS, parse_method
@@ -411,16 +412,6 @@ def _png(image) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _locked(job: str, function):
-    """Run `function` as a WebUI job: the queue lock (one generation at a time) and shared.state's progress."""
-    with call_queue.queue_lock:
-        shared.state.begin(job=job)
-        try:
-            return function()
-        finally:
-            shared.state.end()
-
-
 def _http_error(error: Exception):
     from fastapi import HTTPException
     return HTTPException(status_code=422, detail=str(error))
@@ -433,7 +424,8 @@ def register_api(app) -> None:
         """Run a sweep like the tab's Run button; returns the grid, the cells and their infotexts."""
         try:
             request = SweepRequest.from_dict(payload)
-            result = _locked("uncond_lab_sweep", lambda: run_sweep(request))
+            with webui_job("uncond_lab_sweep"):
+                result = run_sweep(request)
         except (SweepError, SweepRequestError, common.MergeRequestError, ValueError) as error:
             raise _http_error(error) from None
         return {
@@ -452,14 +444,16 @@ def register_api(app) -> None:
             if not isinstance(name, str):
                 raise SweepRequestError(f"Uncond Lab: 'name' must be text, got {name!r}")
             request = SweepRequest.from_dict(values)
-            return _locked("uncond_lab_save", lambda: save_this_merge(request, ratio, name))
+            with webui_job("uncond_lab_save"):
+                return save_this_merge(request, ratio, name)
         except (SweepError, SweepRequestError, common.MergeRequestError, ValueError, OSError) as error:
             raise _http_error(error) from None
 
     def release_route():
         """Restore the weights and free the merge's copies now; returns how many bytes were held."""
         held = host.merge_status().get("resident_bytes", 0)
-        _locked("uncond_lab_release", common.release_merge)
+        with webui_job("uncond_lab_release"):
+            common.release_merge()
         return {"released_bytes": held}
 
     def status_route():

@@ -9,6 +9,7 @@ import torch
 from modules import devices, prompt_parser, shared
 
 from lib_ext.hosts import common, host
+from lib_ext.hosts.webui_state import webui_job
 from lib_ext.merge.sweep import SweepError, parse_ratios
 from lib_ext.probe import (ProbeCache, ProbeError, ProbeKey, ProbeResult, ProbeSettings, RatioSweep, probe,
                            sweep_ratios)
@@ -171,7 +172,6 @@ def merge_request(values: Any) -> tuple[MergeRequest | None, list[float] | None]
 def register_api(app, service: ProbeService) -> None:
     """`POST /uncond-lab/v1/probe`: probe settings as JSON in, per-sigma values, score and cost out."""
     from fastapi import Body, HTTPException
-    from modules.call_queue import queue_lock
 
     def probe_route(body: dict = Body(default={})):  # noqa: B008 (FastAPI's idiom)
         try:
@@ -180,20 +180,16 @@ def register_api(app, service: ProbeService) -> None:
             settings = ProbeSettings.from_dict(values)
         except (ProbeError, TypeError) as error:
             raise HTTPException(status_code=422, detail=str(error)) from error
-        with queue_lock:
-            shared.state.begin(job="uncond_lab_probe")
-            try:
+        try:
+            with webui_job("uncond_lab_probe"):
                 if ratios is not None:
                     sweep, cached = service.sweep(settings, merge, ratios)
                     return sweep_json(sweep, cached, merge)
                 result, cached = service.run(settings, merge)
-            except ProbeError as error:
-                raise HTTPException(status_code=409 if "no model" in str(error) else 422, detail=str(error)) \
-                    from error
-            except ProbeInterrupted as error:
-                raise HTTPException(status_code=409, detail=str(error)) from error
-            finally:
-                shared.state.end()
+        except ProbeError as error:
+            raise HTTPException(status_code=409 if "no model" in str(error) else 422, detail=str(error)) from error
+        except ProbeInterrupted as error:
+            raise HTTPException(status_code=409, detail=str(error)) from error
         return result_json(result, cached, merge)
 
     app.add_api_route("/uncond-lab/v1/probe", probe_route, methods=["POST"])

@@ -8,14 +8,13 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
-from modules import shared
-from modules.call_queue import queue_lock
 
 from lib_ext.hosts.probe_service import ProbeInterrupted, ProbeService, merge_request, result_json, sweep_json
+from lib_ext.hosts.webui_state import webui_job
 from lib_ext.hosts.ui import NO_MERGE, TE_FOLLOWS, TE_RATIO_CHOICES, checkpoint_choices
 from lib_ext.probe import (DEFAULT_PROBE_PROMPT, LEVEL_COLUMNS, SWEEP_COLUMNS, ProbeError, ProbeResult,
                            ProbeSettings, RatioSweep)
-from lib_ext.settings import MERGE_METHOD_LABELS, MergeRequest
+from lib_ext.settings import MERGE_METHOD_LABELS
 
 PLOT_METRICS = {"cfg_rel_diff": "CFG prediction, relative change", "x0_rel_diff": "x0 prediction, relative change",
                 "guidance_cosine": "cosine of the guidance directions"}
@@ -43,11 +42,12 @@ def _summary(result: ProbeResult, cached: bool) -> str:
             f"te(\"\"): {embedding}")
 
 
-def _write_downloads(result: ProbeResult, cached: bool, merge: MergeRequest | None) -> list[str]:
-    folder = Path(tempfile.mkdtemp(prefix="uncond_lab_probe_"))
-    (folder / "probe.csv").write_text(result.to_csv())
-    (folder / "probe.json").write_text(json.dumps(result_json(result, cached, merge), indent=2))
-    return [str(folder / "probe.csv"), str(folder / "probe.json")]
+def _write_downloads(stem: str, csv_text: str, data: dict) -> list[str]:
+    """`<stem>.csv` and `<stem>.json` in a fresh temporary folder, for the File component."""
+    folder = Path(tempfile.mkdtemp(prefix=f"uncond_lab_{stem}_"))
+    (folder / f"{stem}.csv").write_text(csv_text)
+    (folder / f"{stem}.json").write_text(json.dumps(data, indent=2))
+    return [str(folder / f"{stem}.csv"), str(folder / f"{stem}.json")]
 
 
 def _table(rows: list[dict], columns: tuple[str, ...]):
@@ -74,13 +74,6 @@ def _sweep_summary(sweep: RatioSweep, cached: list[bool]) -> str:
     calls = sum(result.unet_calls for result, hit in zip(sweep.results, cached) if not hit)
     return (f"**Score by merge ratio** {scores}  \n"
             f"Cost: {calls} UNet calls ({sum(cached)} of {len(cached)} ratios from the cache)")
-
-
-def _write_sweep_downloads(sweep: RatioSweep, cached: list[bool], merge: MergeRequest) -> list[str]:
-    folder = Path(tempfile.mkdtemp(prefix="uncond_lab_probe_sweep_"))
-    (folder / "probe_sweep.csv").write_text(sweep.to_csv())
-    (folder / "probe_sweep.json").write_text(json.dumps(sweep_json(sweep, cached, merge), indent=2))
-    return [str(folder / "probe_sweep.csv"), str(folder / "probe_sweep.json")]
 
 
 def _merge_values(model_b, method, model_c, te_ratio, ratios) -> dict | None:
@@ -142,24 +135,21 @@ def build_probe_tab(service: ProbeService) -> None:
                                      cfg_scale=float(cfg), latent_shape=(4, latent, latent),
                                      reference=reference_name)
             merge, sweep_ratios = merge_request(_merge_values(*merge_controls))
-            with queue_lock:  # never beside a generation
-                shared.state.begin(job="uncond_lab_probe")
-                try:
-                    if sweep_ratios is not None and len(sweep_ratios) > 1:
-                        sweep, cached = service.sweep(settings, merge, sweep_ratios)
-                    else:
-                        sweep, (result, cached) = None, service.run(settings, merge)
-                finally:
-                    shared.state.end()
+            with webui_job("uncond_lab_probe"):
+                if sweep_ratios is not None and len(sweep_ratios) > 1:
+                    sweep, cached = service.sweep(settings, merge, sweep_ratios)
+                else:
+                    sweep, (result, cached) = None, service.run(settings, merge)
         except (ProbeError, ProbeInterrupted) as problem:
             return (gr.update(), gr.update(), gr.update(), gr.update(), gr.update(),
                     f"<p class='error'>{html.escape(str(problem))}</p>")
         if sweep is not None:
             return (_sweep_summary(sweep, cached), _sweep_level_rows(sweep),
                     gr.update(value=_sweep_plot_rows(sweep), visible=True), _table(sweep.csv_rows(), SWEEP_COLUMNS),
-                    _write_sweep_downloads(sweep, cached, merge), "")
+                    _write_downloads("probe_sweep", sweep.to_csv(), sweep_json(sweep, cached, merge)), "")
         return (_summary(result, cached), _plot_rows(result), gr.update(visible=False),
-                _table(result.csv_rows(), LEVEL_COLUMNS), _write_downloads(result, cached, merge), "")
+                _table(result.csv_rows(), LEVEL_COLUMNS),
+                _write_downloads("probe", result.to_csv(), result_json(result, cached, merge)), "")
 
     run.click(run_probe, inputs=[prompt, seeds, levels, cfg_scale, size, reference, model_b, method, model_c,
                                  te_ratio, ratios],
