@@ -26,19 +26,20 @@ from tests.webui.client import WebUI
 
 REPO = Path(__file__).resolve().parents[2]
 
-# name -> generator arguments (tests/webui/tiny_models.py); reForge loads the sd15 ones only.
+# name -> generator arguments (tests/webui/tiny_models.py). The SDXL files (3.5 GB each: real-size text
+# encoders and VAE, which reForge needs) are only made when a selected test needs SDXL.
 TINY_MODELS = {
     "uncondlab-tiny-sd15-a": ["--kind", "sd15", "--seed", "1"],
     "uncondlab-tiny-sd15-b": ["--kind", "sd15", "--seed", "2"],
     "uncondlab-tiny-sd15-zero-te": ["--kind", "sd15", "--seed", "3", "--zero-text-encoder"],
-    "uncondlab-tiny-sdxl-a": ["--kind", "sdxl", "--seed", "1"],
-    "uncondlab-tiny-sdxl-b": ["--kind", "sdxl", "--seed", "2"],
-    "uncondlab-tiny-sdxl-zero-te": ["--kind", "sdxl", "--seed", "3", "--zero-text-encoder"],
+    "uncondlab-sdxl-a": ["--kind", "sdxl", "--seed", "1"],
+    "uncondlab-sdxl-b": ["--kind", "sdxl", "--seed", "2"],
+    "uncondlab-sdxl-zero-te": ["--kind", "sdxl", "--seed", "3", "--zero-text-encoder"],
     # The -a weights, declaring a flow objective in their metadata (lib_ext/flow/metadata.py): RF by default.
     "uncondlab-tiny-sd15-flow": ["--kind", "sd15", "--seed", "1", "--metadata", "modelspec.prediction_type=flow"],
-    "uncondlab-tiny-sdxl-flow": ["--kind", "sdxl", "--seed", "1", "--metadata", "modelspec.prediction_type=flow"],
+    "uncondlab-sdxl-flow": ["--kind", "sdxl", "--seed", "1", "--metadata", "modelspec.prediction_type=flow"],
 }
-SD15, SDXL = "uncondlab-tiny-sd15-a", "uncondlab-tiny-sdxl-a"
+SD15, SDXL = "uncondlab-tiny-sd15-a", "uncondlab-sdxl-a"
 
 FLAGS = {
     "a1111": ["--skip-prepare-environment", "--skip-torch-cuda-test", "--use-cpu", "all", "--no-half", "--api",
@@ -55,16 +56,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _generate_models(kind: str, python: str, models_dir: Path, hf_cache: Path, env: dict) -> None:
-    has_open_clip_config = any(hf_cache.glob("models--uncondlab--*"))
+def _generate_models(python: str, models_dir: Path, hf_cache: Path, env: dict, sdxl: bool) -> None:
     for name, arguments in TINY_MODELS.items():
-        if kind == "reforge" and "sdxl" in arguments:
+        if "sdxl" in arguments and not sdxl:
             continue
-        files_exist = (models_dir / f"{name}.safetensors").exists() and (models_dir / f"{name}.yaml").exists()
-        if files_exist and (has_open_clip_config or "sdxl" not in arguments):
+        if (models_dir / f"{name}.safetensors").exists() and (models_dir / f"{name}.yaml").exists():
             continue
         subprocess.run([python, "-m", "tests.webui.tiny_models", "--out", str(models_dir), "--name", name,
                         "--hf-cache", str(hf_cache), *arguments], cwd=REPO, env=env, check=True)
+
+
+def _needs_sdxl(items) -> bool:
+    """Whether a selected test runs on an SDXL checkpoint (the `sdxl` fixture, or `sdxl` in its id)."""
+    return any("sdxl" in item.nodeid or "sdxl" in getattr(item, "fixturenames", ()) for item in items)
 
 
 def _link(target: Path, link: Path) -> None:
@@ -101,14 +105,15 @@ def _wait_until_up(webui: WebUI, process: subprocess.Popen, log: Path, timeout: 
     raise RuntimeError(f"the WebUI was not ready within {timeout:.0f} s; see {log}")
 
 
-def _start_webui(webui_dir: Path, data_dir: Path):
+def _start_webui(webui_dir: Path, data_dir: Path, sdxl: bool):
     kind = "reforge" if (webui_dir / "modules_forge").is_dir() else "a1111"
     python = os.environ.get("WEBUI_PYTHON") or str(webui_dir / "venv" / "bin" / "python")
     models_dir = Path(os.environ.get("UNCOND_LAB_MODELS_DIR") or data_dir / "models" / "Stable-diffusion")
     hf_cache = models_dir / "hf-hub-cache"
+    # transformers 4.30 (A1111) reads HUGGINGFACE_HUB_CACHE, newer huggingface_hub HF_HUB_CACHE.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "HF_HUB_CACHE": str(hf_cache)}
-    _generate_models(kind, python, models_dir, hf_cache, env)
+           "HF_HUB_CACHE": str(hf_cache), "HUGGINGFACE_HUB_CACHE": str(hf_cache)}
+    _generate_models(python, models_dir, hf_cache, env, sdxl)
 
     _link(REPO, data_dir / "extensions" / "uncond-lab")
     _link(REPO / "tests" / "webui" / "fault_extension", data_dir / "extensions" / "uncond-lab-test-faults")
@@ -142,21 +147,22 @@ def _detect_kind(webui: WebUI) -> str:
 
 
 @pytest.fixture(scope="session")
-def webui(tmp_path_factory):
+def webui(request, tmp_path_factory):
     url, webui_dir = os.environ.get("UNCOND_LAB_WEBUI_URL"), os.environ.get("WEBUI_DIR")
+    sdxl = _needs_sdxl(request.session.items)
     process = None
     if url:
         webui = WebUI(url, "a1111")
         webui.kind = _detect_kind(webui)
         webui.log_path = Path(os.environ["UNCOND_LAB_WEBUI_LOG"]) if os.environ.get("UNCOND_LAB_WEBUI_LOG") else None
     elif webui_dir:
-        webui, process = _start_webui(Path(webui_dir).resolve(), tmp_path_factory.mktemp("webui-data"))
+        webui, process = _start_webui(Path(webui_dir).resolve(), tmp_path_factory.mktemp("webui-data"), sdxl)
     else:
         pytest.skip("no WebUI named: set UNCOND_LAB_WEBUI_URL or WEBUI_DIR (see tests/webui/conftest.py)")
     # No live previews: they cost time and reForge would try to download their model.
     webui.post("/sdapi/v1/options", {"live_previews_enable": False})
     webui.fresh = {}  # plain generations made before any test, per checkpoint
-    for name in (SD15,) if webui.kind == "reforge" else (SD15, SDXL):
+    for name in (SD15, SDXL) if sdxl else (SD15,):
         webui.use_checkpoint(name)
         webui.fresh[name] = webui.txt2img().pixels
     yield webui
@@ -176,8 +182,6 @@ def sd15(webui):
 
 @pytest.fixture
 def sdxl(webui):
-    if webui.kind == "reforge":
-        pytest.skip("reForge builds SDXL text encoders at full size; the tiny SDXL checkpoints load in A1111 only")
     webui.use_checkpoint(SDXL)
     return webui
 

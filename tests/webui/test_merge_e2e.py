@@ -1,4 +1,5 @@
-"""Merges in a real WebUI: A1111 1.10 (SD1.5 and SDXL pairs) and reForge (SD1.5 pair).
+"""Merges in a real WebUI (A1111 1.10 and reForge; SD1.5 and SDXL pairs: on reForge, weight patches on the loaded
+model, CLIP-G's text_projection and both SDXL text encoders included).
 
 Oracles come from the WebUI itself: "ratio 0" must be model A as loaded and "ratio 1" (text encoders following)
 model B as loaded by the WebUI, pixel for pixel; "add difference with C = B" is model A; after any plot, an
@@ -33,7 +34,7 @@ def pictures(generation) -> list:
     return [rgb(image) for image in generation.images]
 
 PAIRS = {"sd15": ("uncondlab-tiny-sd15-a", "uncondlab-tiny-sd15-b"),
-         "sdxl": ("uncondlab-tiny-sdxl-a", "uncondlab-tiny-sdxl-b")}
+         "sdxl": ("uncondlab-sdxl-a", "uncondlab-sdxl-b")}
 CFGS = (3.0, 7.0)
 XYZ = "x/y/z plot"
 
@@ -65,8 +66,6 @@ def title_of(webui, stem: str) -> str:
 @pytest.fixture(scope="module", params=sorted(PAIRS))
 def pair(request, webui):
     kind = request.param
-    if kind == "sdxl" and webui.kind == "reforge":
-        pytest.skip("reForge builds SDXL text encoders at full size; the tiny SDXL checkpoints load in A1111 only")
     a, b = PAIRS[kind]
     webui.post("/uncond-lab/v1/merge-release", {})
     alone = {}
@@ -335,32 +334,33 @@ def test_sweep_route_refuses_bad_lists(merge_pair):
 # --- LoRA -----------------------------------------------------------------------------------------------------
 
 LORA = "uncondlab-test-lora"
-LORA_MODULES = {"lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q": (320, 320),
-                "lora_te_text_model_encoder_layers_0_self_attn_q_proj": (768, 768)}
+LORA_MODULES = {  # kohya names, which both WebUIs read; SDXL: te1 = CLIP-L, input_blocks 4 = the first attention
+    "sd15": {"lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q": (320, 320),
+             "lora_te_text_model_encoder_layers_0_self_attn_q_proj": (768, 768)},
+    "sdxl": {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q": (640, 640),
+             "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768)},
+}
 
 
-def write_tiny_lora(folder: str) -> str:
-    """A rank-4 LoRA (kohya key names, which both WebUIs read) on one UNet and one text-encoder layer of the tiny
-    SD1.5 models."""
+def write_tiny_lora(folder: str, kind: str) -> str:
+    """A rank-4 LoRA on one UNet and one text-encoder layer of the test models of this kind."""
     import torch
     from safetensors.torch import save_file
     generator, tensors = torch.Generator().manual_seed(7), {}
-    for module, (rows, columns) in LORA_MODULES.items():
+    for module, (rows, columns) in LORA_MODULES[kind].items():
         tensors[f"{module}.lora_down.weight"] = torch.randn(4, columns, generator=generator) * 0.3
         tensors[f"{module}.lora_up.weight"] = torch.randn(rows, 4, generator=generator) * 0.3
         tensors[f"{module}.alpha"] = torch.tensor(4.0)
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{LORA}.safetensors")
+    path = os.path.join(folder, f"{LORA}-{kind}.safetensors")  # one name per kind: the WebUIs cache by name
     save_file(tensors, path)
     return path
 
 
 def test_a_lora_applies_on_top_of_the_merge_and_never_into_model_a(merge_pair):
     p = merge_pair
-    if p.kind != "sd15":
-        pytest.skip("one LoRA test is enough (the tiny LoRA is shaped for the SD1.5 pair)")
-    path = write_tiny_lora(p.webui.get("/sdapi/v1/cmd-flags")["lora_dir"])
-    with_lora = {"prompt": f"a lighthouse at dusk <lora:{LORA}:1>"}
+    path = write_tiny_lora(p.webui.get("/sdapi/v1/cmd-flags")["lora_dir"], p.kind)
+    with_lora = {"prompt": f"a lighthouse at dusk <lora:{LORA}-{p.kind}:1>"}
     try:
         a_lora = p.pictures(**with_lora)
         assert a_lora != p.alone[("A", 7.0)]
