@@ -418,3 +418,20 @@ def test_open_clip_loads_the_hub_model_and_matches_reference(tmp_path, small_mod
         pooled = model.encode_text(ids)
     _, reference = open_clip_text_forward(small_models["sdxl"], XL_OPEN_CLIP, SDXL_SMALL.open_clip, ids)
     torch.testing.assert_close(pooled, reference, atol=1e-4, rtol=1e-4)
+
+
+@needs_bpe
+def test_sdxl_text_encoders_have_the_shapes_of_open_clip_bigg_and_transformers_clip_l(tmp_path):
+    """The real-size SDXL's text towers, key for key, against the libraries' own models (built on the meta device)."""
+    open_clip = pytest.importorskip("open_clip")
+    transformers = pytest.importorskip("transformers")
+    spec = tm.checkpoint_spec(SDXL)
+    with torch.device("meta"):
+        bigg = open_clip.create_model("ViT-bigG-14", pretrained=None, device="meta")
+    expected = {XL_OPEN_CLIP + k: tuple(v.shape) for k, v in bigg.state_dict().items() if not k.startswith("visual.")}
+    assert {k: _shape(spec, k) for k in spec if k.startswith(XL_OPEN_CLIP)} == expected
+    folder = tm.write_clip_text_folder(tmp_path / "clip", SDXL.clip_l, tm.find_clip_bpe())
+    with torch.device("meta"):
+        clip_l = transformers.CLIPTextModel(transformers.CLIPTextConfig.from_pretrained(str(folder)))
+    expected = {XL_CLIP_L + k: tuple(v.shape) for k, v in clip_l.state_dict().items()}
+    assert {k: _shape(spec, k) for k in spec if k.startswith(XL_CLIP_L)} == expected
