@@ -13,6 +13,7 @@ Skipped unless a WebUI is named:
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -27,19 +28,19 @@ from tests.webui.client import WebUI
 REPO = Path(__file__).resolve().parents[2]
 
 # name -> generator arguments (tests/webui/tiny_models.py). The SDXL files (3.5 GB each: real-size text
-# encoders and VAE, which reForge needs) are only made when a selected test needs SDXL.
+# encoders and VAE, which reForge needs; Segmind Vega's UNet) are only made when a selected test needs SDXL.
 TINY_MODELS = {
     "uncondlab-tiny-sd15-a": ["--kind", "sd15", "--seed", "1"],
     "uncondlab-tiny-sd15-b": ["--kind", "sd15", "--seed", "2"],
     "uncondlab-tiny-sd15-zero-te": ["--kind", "sd15", "--seed", "3", "--zero-text-encoder"],
-    "uncondlab-sdxl-a": ["--kind", "sdxl", "--seed", "1"],
-    "uncondlab-sdxl-b": ["--kind", "sdxl", "--seed", "2"],
-    "uncondlab-sdxl-zero-te": ["--kind", "sdxl", "--seed", "3", "--zero-text-encoder"],
+    "uncondlab-vega-sdxl-a": ["--kind", "sdxl", "--seed", "1"],
+    "uncondlab-vega-sdxl-b": ["--kind", "sdxl", "--seed", "2"],
+    "uncondlab-vega-sdxl-zero-te": ["--kind", "sdxl", "--seed", "3", "--zero-text-encoder"],
     # The -a weights, declaring a flow objective in their metadata (lib_ext/flow/metadata.py): RF by default.
     "uncondlab-tiny-sd15-flow": ["--kind", "sd15", "--seed", "1", "--metadata", "modelspec.prediction_type=flow"],
-    "uncondlab-sdxl-flow": ["--kind", "sdxl", "--seed", "1", "--metadata", "modelspec.prediction_type=flow"],
+    "uncondlab-vega-sdxl-flow": ["--kind", "sdxl", "--seed", "1", "--metadata", "modelspec.prediction_type=flow"],
 }
-SD15, SDXL = "uncondlab-tiny-sd15-a", "uncondlab-sdxl-a"
+SD15, SDXL = "uncondlab-tiny-sd15-a", "uncondlab-vega-sdxl-a"
 
 FLAGS = {
     "a1111": ["--skip-prepare-environment", "--skip-torch-cuda-test", "--use-cpu", "all", "--no-half", "--api",
@@ -124,6 +125,8 @@ def _start_webui(webui_dir: Path, data_dir: Path, sdxl: bool):
 
     port = _free_port()
     log = data_dir / "webui.log"
+    # Start on the small SD1.5 model (else the WebUIs load the first checkpoint by name, maybe a 3.5 GB SDXL one).
+    (data_dir / "config.json").write_text(json.dumps({"sd_model_checkpoint": f"{SD15}.safetensors"}))
     command = [python, "launch.py", *FLAGS[kind], "--port", str(port), "--data-dir", str(data_dir)]
     with open(log, "wb") as log_file:
         process = subprocess.Popen(command, cwd=webui_dir, env=env, stdout=log_file, stderr=subprocess.STDOUT,

@@ -34,7 +34,7 @@ def pictures(generation) -> list:
     return [rgb(image) for image in generation.images]
 
 PAIRS = {"sd15": ("uncondlab-tiny-sd15-a", "uncondlab-tiny-sd15-b"),
-         "sdxl": ("uncondlab-sdxl-a", "uncondlab-sdxl-b")}
+         "sdxl": ("uncondlab-vega-sdxl-a", "uncondlab-vega-sdxl-b")}
 CFGS = (3.0, 7.0)
 XYZ = "x/y/z plot"
 

@@ -55,7 +55,7 @@ def test_probe_of_sdxl(sdxl):
 
 
 def test_probe_of_sdxl_with_zero_text_encoder_scores_zero(sdxl, no_norm_emphasis):
-    check_zero_text_encoder_scores_zero(sdxl, "uncondlab-sdxl-zero-te")
+    check_zero_text_encoder_scores_zero(sdxl, "uncondlab-vega-sdxl-zero-te")
 
 
 @pytest.mark.parametrize("body, fragment", [

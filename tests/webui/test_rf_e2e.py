@@ -25,7 +25,7 @@ RF = {"enabled": True, "rf": True, "shift": 3.0}
 RF_SCHEDULE = {"scheduler": "Rectified Flow"}
 HIRES = {"enable_hr": True, "hr_scale": 2, "denoising_strength": 0.6, "hr_second_pass_steps": 3, "hr_cfg": 0}
 SAMPLERS = ["Euler", "Heun", "DPM++ 2M"]
-FLOW_SD15, FLOW_SDXL = "uncondlab-tiny-sd15-flow", "uncondlab-sdxl-flow"  # -a weights, metadata: flow
+FLOW_SD15, FLOW_SDXL = "uncondlab-tiny-sd15-flow", "uncondlab-vega-sdxl-flow"  # -a weights, metadata: flow
 FAULTS = "Uncond Lab test faults"
 
 

@@ -3,7 +3,7 @@
 Writes `<name>.safetensors` with the key names and layouts of real checkpoints, and for A1111 the `<name>.yaml`
 it reads next to a checkpoint, plus the local folders that yaml points to, so that nothing is fetched from a hub:
 
-    python -m tests.webui.tiny_models --out DIR --kind sdxl --seed 1 --name uncondlab-sdxl-a \
+    python -m tests.webui.tiny_models --out DIR --kind sdxl --seed 1 --name uncondlab-vega-sdxl-a \
         [--zero-text-encoder] [--metadata KEY=VALUE ...] [--small]
 
 Layouts (A1111 1.10 names; `P` = the prefix of the part):
