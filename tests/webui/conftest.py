@@ -34,7 +34,7 @@ TINY_MODELS = {
     "uncondlab-tiny-sd15-b": ["--kind", "sd15", "--seed", "2"],
     "uncondlab-tiny-sd15-zero-te": ["--kind", "sd15", "--seed", "3", "--zero-text-encoder"],
     "uncondlab-vega-sdxl-a": ["--kind", "sdxl", "--seed", "1"],
-    "uncondlab-vega-sdxl-b": ["--kind", "sdxl", "--seed", "2"],
+    "uncondlab-vega-sdxl-b": ["--kind", "sdxl", "--seed", "2", "--text-encoder-seed", "1"],  # a's text encoders
     "uncondlab-vega-sdxl-zero-te": ["--kind", "sdxl", "--seed", "3", "--zero-text-encoder"],
     # The -a weights, declaring a flow objective in their metadata (lib_ext/flow/metadata.py): RF by default.
     "uncondlab-tiny-sd15-flow": ["--kind", "sd15", "--seed", "1", "--metadata", "modelspec.prediction_type=flow"],

@@ -435,3 +435,14 @@ def test_sdxl_text_encoders_have_the_shapes_of_open_clip_bigg_and_transformers_c
         clip_l = transformers.CLIPTextModel(transformers.CLIPTextConfig.from_pretrained(str(folder)))
     expected = {XL_CLIP_L + k: tuple(v.shape) for k, v in clip_l.state_dict().items()}
     assert {k: _shape(spec, k) for k in spec if k.startswith(XL_CLIP_L)} == expected
+
+
+def test_text_encoder_seed_shares_the_text_encoders_only(tmp_path):
+    """The SDXL merge pair shares its text encoders (a merge of them then costs no memory in the tests)."""
+    a = tm.write_model(tmp_path, "a", "sdxl", seed=1, small=True, a1111_files=False)
+    b = tm.write_model(tmp_path, "b", "sdxl", seed=2, small=True, a1111_files=False, text_encoder_seed=1)
+    with safe_open(str(a.checkpoint), "pt") as fa, safe_open(str(b.checkpoint), "pt") as fb:
+        assert fb.metadata()["uncondlab.text_encoder_seed"] == "1" and "uncondlab.text_encoder_seed" not in fa.metadata()
+        for key in fa.keys():
+            same = torch.equal(fa.get_tensor(key), fb.get_tensor(key))
+            assert same == (tm.is_text_encoder_key(key) or key.endswith("position_ids")), key

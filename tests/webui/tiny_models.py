@@ -469,6 +469,13 @@ def is_zeroed_by_zero_text_encoder(key: str) -> bool:
     return _ZERO_TE_RE.search(key) is not None
 
 
+TEXT_ENCODER_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
+
+
+def is_text_encoder_key(key: str) -> bool:
+    return key.startswith(TEXT_ENCODER_PREFIXES)
+
+
 # --- materialising -----------------------------------------------------------------------------------------
 
 def key_seed(seed: int, key: str) -> int:
@@ -819,8 +826,10 @@ class WrittenModel:
 
 def write_model(out_dir, name: str, kind: str, seed: int, *, small: bool = False, zero_text_encoder: bool = False,
                 metadata: Optional[Mapping[str, str]] = None, dtype: torch.dtype = torch.float16,
-                a1111_files: bool = True, hf_cache=None, bpe_path=None) -> WrittenModel:
-    """Write `<out_dir>/<name>.safetensors` and, with `a1111_files`, the yaml and the folders it points to."""
+                a1111_files: bool = True, hf_cache=None, bpe_path=None,
+                text_encoder_seed: Optional[int] = None) -> WrittenModel:
+    """Write `<out_dir>/<name>.safetensors` and, with `a1111_files`, the yaml and the folders it points to.
+    `text_encoder_seed`: draw the text encoders from this seed instead (two files sharing it share them)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise TinyModelError(f"name must be letters, digits, '.', '_' or '-', got {name!r}")
     size = model_size(kind, small)
@@ -831,12 +840,15 @@ def write_model(out_dir, name: str, kind: str, seed: int, *, small: bool = False
         "uncondlab.small": str(small).lower(), "uncondlab.zero_text_encoder": str(zero_text_encoder).lower(),
         "uncondlab.sizes": json.dumps(asdict(size), sort_keys=True),
     }
+    if text_encoder_seed is not None:
+        header["uncondlab.text_encoder_seed"] = str(text_encoder_seed)
     header.update(metadata or {})
     checkpoint = out_dir / f"{name}.safetensors"
     spec = checkpoint_spec(size)
     layout = {key: (shape, _tensor_dtype(init, dtype)) for key, (shape, init) in spec.items()}
-    write_safetensors(layout, lambda key: make_tensor(key, *spec[key], seed, dtype, zero_text_encoder), checkpoint,
-                      header)
+    te_seed = seed if text_encoder_seed is None else text_encoder_seed
+    write_safetensors(layout, lambda key: make_tensor(key, *spec[key], te_seed if is_text_encoder_key(key) else seed,
+                                                      dtype, zero_text_encoder), checkpoint, header)
     if not a1111_files:
         return WrittenModel(checkpoint, None, None, None)
 
@@ -867,6 +879,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--kind", choices=KINDS, default="sd15")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", help="file stem (default: uncondlab-tiny-<kind>-s<seed>)")
+    parser.add_argument("--text-encoder-seed", type=int,
+                        help="seed of the text encoders (default: --seed); merge tests share them to save memory")
     parser.add_argument("--zero-text-encoder", action="store_true",
                         help="text encoder(s) map every prompt to exactly 0 (pooled too)")
     parser.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
@@ -883,7 +897,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         written = write_model(args.out, args.name or f"uncondlab-tiny-{args.kind}-s{args.seed}", args.kind,
                               args.seed, small=args.small, zero_text_encoder=args.zero_text_encoder,
                               metadata=parse_metadata(args.metadata), dtype=DTYPES[args.dtype],
-                              a1111_files=not args.safetensors_only, hf_cache=args.hf_cache, bpe_path=args.bpe)
+                              a1111_files=not args.safetensors_only, hf_cache=args.hf_cache, bpe_path=args.bpe,
+                              text_encoder_seed=args.text_encoder_seed)
     except TinyModelError as e:
         parser.error(str(e))
     for label, path in (("checkpoint", written.checkpoint), ("yaml", written.yaml),
