@@ -226,6 +226,6 @@ def merge_status() -> dict:
     session = MERGE_SESSIONS.current
     if session is None:
         return {"applied": {}, "resident_bytes": 0}
-    resident = sum(a.nbytes + b.nbytes for a, b in session.merge.resident().values())
-    return {"applied": session.merge.applied, "resident_bytes": resident,
+    return {"applied": session.merge.applied, "resident_bytes": session.merge.resident_bytes(),
+            "placement": session.merge.placement_used,
             "recipe": session.merge.recipe.to_dict()}

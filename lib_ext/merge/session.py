@@ -136,10 +136,7 @@ class MergeSession:
             self.merge.prepare()
             plan = self.merge.plan
             self._print_keys = {g: _spread(plan.keys_of(g)) for g in self.merge.groups}
-            resident = sum(a.nbytes + b.nbytes for a, b in self.merge.resident().values())
-            devices = sorted({str(a.device) for a, _ in self.merge.resident().values()})
-            updates.append(MergeUpdate("prepared", {}, time.perf_counter() - start,
-                                       detail=f"{resident / 1e9:.2f} GB resident on {', '.join(devices)}"))
+            updates.append(MergeUpdate("prepared", {}, time.perf_counter() - start, detail=self.describe_memory()))
         else:
             self.host.before_write(pending)
         start = time.perf_counter()
@@ -151,6 +148,16 @@ class MergeSession:
         updates.append(MergeUpdate("applied", {g: applied[g] for g in self.merge.groups if g in pending},
                                    time.perf_counter() - start, unet_ratio=recipe.unet_ratio))
         return updates
+
+    def describe_memory(self) -> str:
+        """What the merge holds, for the console: the resident copies, or the mapped files and the weights kept
+        because they differ from A's file."""
+        merge = self.merge
+        held = f"{merge.resident_bytes() / 1e9:.2f} GB"
+        if merge.placement_used == "mapped":
+            return (f"read from the memory-mapped files at each switch; {held} kept in RAM for weights that differ "
+                    "from model A's file")
+        return f"{held} of copies resident ({merge.placement_used})"
 
     def restore(self) -> list[MergeUpdate]:
         """Put the original weights back, bit for bit, where this session changed them."""
