@@ -441,17 +441,18 @@ class InPlaceMerge:
         D = B − C in float32 then rounded), read from the files onto the target's device, written into it."""
         dtype, device = compute_dtype_for(slot.live_dtype), target.device
         if slot.base is not None:
-            a = slot.base.to(device)
+            a = _on(slot.base, device, dtype)
         elif a_in_place and target.dtype == dtype:
             a = target  # lerp / add read and write it element by element
         else:
-            a = self._a_as_loaded(slot, device).to(dtype)
+            a = _on(self._a_as_loaded(slot, device), device, dtype)
         inputs = self.inputs
         if self.recipe.method == WEIGHTED_SUM:
-            other = inputs.b.view(slot.key).to(device=device, dtype=dtype)
+            other = _on(inputs.b.view(slot.key), device, dtype)
         else:
-            difference = inputs.b.view(slot.key).to(device).float() - inputs.c.view(slot.key).to(device).float()
-            other = difference.to(self.difference_dtype or dtype)
+            difference = (_on(inputs.b.view(slot.key), device, torch.float32)
+                          - _on(inputs.c.view(slot.key), device, torch.float32))
+            other = _on(difference, device, self.difference_dtype or dtype)
         out = target if target.dtype == dtype else torch.empty(slot.shape, device=device, dtype=dtype)
         write(out, a, other, ratio)
         if out is not target:
@@ -474,4 +475,9 @@ class InPlaceMerge:
 def _as_loaded(stored: torch.Tensor, live_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A file's tensor as a host loads it: moved, then cast to the live dtype (float16/bfloat16/float8 casts
     round to nearest, the same on every device); no copy when it already is that."""
-    return stored.to(device=device).to(dtype=live_dtype)
+    return _on(_on(stored, device, stored.dtype), device, live_dtype)
+
+
+def _on(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """tensor.to(device, dtype), skipping the call when it is a no-op (a switch makes thousands of them)."""
+    return tensor if tensor.dtype == dtype and tensor.device == device else tensor.to(device=device, dtype=dtype)

@@ -93,10 +93,15 @@ class SafetensorsSource:
             raise MergeInputError(f"cannot read '{self.path}' as safetensors: {error}") from error
         self.metadata: Mapping[str, str] = self._file.metadata
         self.specs: Mapping[str, TensorSpec] = self._file.specs
+        self._views: dict[str, torch.Tensor] = {}
 
     def view(self, key: str) -> torch.Tensor:
-        """The stored tensor without a copy: a view of the mapped file. Read it, never write to it."""
-        return self._file.view(self.specs[key])
+        """The stored tensor without a copy: a view of the mapped file (made once per key: a switch asks for
+        every weight's). Read it, never write to it."""
+        view = self._views.get(key)
+        if view is None:
+            view = self._views[key] = self._file.view(self.specs[key])
+        return view
 
     def tensor(self, key: str) -> torch.Tensor:
         return self.view(key).clone()
@@ -114,6 +119,7 @@ class SafetensorsSource:
 
     def close(self) -> None:
         self.__dict__.pop("_file", None)  # unmapped once the views still in use are gone too
+        self._views = {}
 
 
 class _MappedFile:
