@@ -46,6 +46,10 @@ class FilePatch:
     def merge_into(self, weight: torch.Tensor, ratio: float) -> torch.Tensor:
         """`weight` (A as loaded, in the live dtype or wider: reForge's float32 working copy) ← the merge at
         `ratio`, computed in the live dtype as InPlaceMerge computes it; in place, returns `weight`."""
+        with torch.no_grad():  # the host's working copy may come from a parameter that requires grad
+            return self._merge_into(weight, ratio)
+
+    def _merge_into(self, weight: torch.Tensor, ratio: float) -> torch.Tensor:
         dtype, device = compute_dtype_for(self.live_dtype), weight.device
         a = weight if weight.dtype == dtype else weight.to(dtype)  # exact: the working copy holds A as loaded
         if self.method == WEIGHTED_SUM:
