@@ -167,6 +167,8 @@ def test_ratio_zero_is_model_a_and_ratio_one_is_model_b(merge_pair):
     p = merge_pair
     assert p.pictures(p.merge(0.0)) == p.alone[("A", 7.0)]
     assert p.pictures(p.merge(1.0)) == p.alone[("B", 7.0)]
+    # The text encoders following too (SDXL: both encoders, CLIP-G's text_projection, patched to B's).
+    assert p.pictures(p.merge(1.0, merge_te_ratio="follow")) == p.alone[("B", 7.0)]
     half = p.pictures(p.merge(0.5))
     assert half != p.alone[("A", 7.0)] and half != p.alone[("B", 7.0)]
     assert p.pictures() == p.alone[("A", 7.0)]
