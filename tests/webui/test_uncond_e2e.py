@@ -57,9 +57,10 @@ def test_sdxl_null_uncond_with_long_and_composed_prompts(sdxl, prompt):
 
 @pytest.mark.parametrize("prompt", ["a lighthouse at dusk", "a lighthouse AND a storm"], ids=["plain", "AND"])
 def test_sdxl_batch_of_two(sdxl, prompt):
-    null = sdxl.txt2img(NULL, batch_size=2, prompt=prompt)
-    assert len(null.images) == 2 and null.pixels == sdxl.txt2img(negative_prompt=" ", batch_size=2, prompt=prompt).pixels
-    assert sdxl.txt2img(ZERO, batch_size=2, prompt=prompt).pixels == sdxl.txt2img(batch_size=2, prompt=prompt).pixels
+    params = {"batch_size": 2, "prompt": prompt}
+    null = sdxl.txt2img(NULL, **params)
+    assert len(null.images) == 2 and null.pixels == sdxl.txt2img(negative_prompt=" ", **params).pixels
+    assert sdxl.txt2img(ZERO, **params).pixels == sdxl.txt2img(**params).pixels
 
 
 def test_sdxl_prompt_edited_negative_is_never_zeroed(sdxl):
