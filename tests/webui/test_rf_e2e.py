@@ -287,14 +287,21 @@ def ams(shift: float = 3.0, mode: str = "SD3") -> dict:
     return {"advanced model sampling for reforge": {"args": args}}
 
 
+def webui_uncond(settings: dict, model: str) -> dict:
+    """`settings` with the uncond the WebUI itself feeds for an empty negative: te("") on SD1.5, zeros on SDXL
+    (Uncond Lab enabled otherwise feeds te(""), its zero weight 0, which on SDXL is another picture)."""
+    return {**settings, "zero_weight": 1.0} if model == SDXL else settings
+
+
 def check_rf_equals_advanced_model_sampling_sd3(webui, model: str) -> None:
     reforge_only(webui)
-    ours = {(sampler, schedule): webui.txt2img(RF, sampler_name=sampler, scheduler=schedule).images[0]
+    rf = webui_uncond(RF, model)
+    ours = {(sampler, schedule): webui.txt2img(rf, sampler_name=sampler, scheduler=schedule).images[0]
             for sampler, schedule in [("Euler", "Automatic"), ("Euler", "Simple"), ("Euler", "Karras"),
                                       ("Heun", "Simple"), ("DPM++ 2M", "Simple")]}
     init = b64_png(webui.txt2img().images[0])
-    ours_img2img = webui.img2img(RF, init_images=[init], denoising_strength=0.6, scheduler="Simple").images[0]
-    ours_hires = webui.txt2img(RF, scheduler="Simple", **HIRES).images[0]
+    ours_img2img = webui.img2img(rf, init_images=[init], denoising_strength=0.6, scheduler="Simple").images[0]
+    ours_hires = webui.txt2img(rf, scheduler="Simple", **HIRES).images[0]
     try:
         # From here on Advanced Model Sampling leaves its flow denoiser on the model (see clean_leftovers).
         for (sampler, schedule), image in ours.items():
@@ -335,7 +342,8 @@ def check_model_default(webui, flow_model: str, plain_model: str) -> None:
         assert webui.txt2img().pixels == webui.fresh[plain_model]  # disabled: nothing changes (same weights)
         if webui.kind == "reforge":  # Advanced Model Sampling, enabled by the user, wins over a model default
             theirs = webui.txt2img(scheduler="Simple", scripts=ams())
-            assert webui.txt2img({"enabled": True}, scheduler="Simple", scripts=ams()).pixels == theirs.pixels
+            enabled = webui_uncond({"enabled": True}, plain_model)
+            assert webui.txt2img(enabled, scheduler="Simple", scripts=ams()).pixels == theirs.pixels
             webui.txt2img({"enabled": True})  # removes what Advanced Model Sampling left on the model
     finally:
         webui.use_checkpoint(plain_model)
