@@ -265,11 +265,8 @@ class InPlaceMerge:
             base = self.inputs.a.tensor(key).to(device=device, dtype=dtype)
             if not bits_equal(base.to(tensor.dtype), tensor.detach().to(device)):
                 original = tensor.detach().to(device=device, copy=True)
-        if self.recipe.method == WEIGHTED_SUM:
-            other = self.inputs.b.tensor(key).to(device=device, dtype=dtype)
-        else:
-            difference = self.inputs.b.tensor(key).float() - self.inputs.c.tensor(key).float()
-            other = difference.to(device=device, dtype=self.difference_dtype or dtype)
+        c = self.inputs.c.tensor(key) if self.inputs.c is not None else None
+        other = merge_operand(self.recipe.method, self.inputs.b.tensor(key), c, device, dtype, self.difference_dtype)
         return _Slot(key, tensor.shape, tensor.dtype, base, other, original)
 
     def _map_slot(self, key: str, tensor: torch.Tensor, device: torch.device) -> _Slot:
@@ -446,13 +443,8 @@ class InPlaceMerge:
             a = target  # lerp / add read and write it element by element
         else:
             a = _on(self._a_as_loaded(slot, device), device, dtype)
-        inputs = self.inputs
-        if self.recipe.method == WEIGHTED_SUM:
-            other = _on(inputs.b.view(slot.key), device, dtype)
-        else:
-            difference = (_on(inputs.b.view(slot.key), device, torch.float32)
-                          - _on(inputs.c.view(slot.key), device, torch.float32))
-            other = _on(difference, device, self.difference_dtype or dtype)
+        c = self.inputs.c.view(slot.key) if self.inputs.c is not None else None
+        other = merge_operand(self.recipe.method, self.inputs.b.view(slot.key), c, device, dtype, self.difference_dtype)
         out = target if target.dtype == dtype else torch.empty(slot.shape, device=device, dtype=dtype)
         write(out, a, other, ratio)
         if out is not target:
@@ -470,6 +462,17 @@ class InPlaceMerge:
                 buffer = buffer.pin_memory()  # page-locked: the host → device copy runs at full PCIe speed
             self._staging[(device, dtype)] = buffer
         return buffer[:slot.base.numel()].view(slot.shape)
+
+
+def merge_operand(method: str, b: torch.Tensor, c: torch.Tensor | None, device: torch.device, dtype: torch.dtype,
+                  difference_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """What a merge combines with A, on `device`: B in the compute dtype (weighted sum), or D = B − C computed in
+    float32 and rounded once to `difference_dtype or dtype` (add difference). Every placement and host uses this,
+    so that they all write the same bits."""
+    if method == WEIGHTED_SUM:
+        return _on(b, device, dtype)
+    difference = _on(b, device, torch.float32) - _on(c, device, torch.float32)
+    return _on(difference, device, difference_dtype or dtype)
 
 
 def _as_loaded(stored: torch.Tensor, live_dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from lib_ext.merge.inplace import compute_dtype_for
+from lib_ext.merge.inplace import compute_dtype_for, merge_operand
 from lib_ext.merge.ops import add_difference_into, weighted_sum_into
 from lib_ext.merge.recipe import WEIGHTED_SUM, MergeRecipe
 from lib_ext.merge.sources import MergeInputs, MergePlan, plan_merge
@@ -52,11 +52,8 @@ class FilePatch:
     def _merge_into(self, weight: torch.Tensor, ratio: float) -> torch.Tensor:
         dtype, device = compute_dtype_for(self.live_dtype), weight.device
         a = weight if weight.dtype == dtype else weight.to(dtype)  # exact: the working copy holds A as loaded
-        if self.method == WEIGHTED_SUM:
-            weighted_sum_into(a, a, self.b.to(device=device, dtype=dtype), ratio)
-        else:
-            difference = self.b.to(device).float() - self.c.to(device).float()
-            add_difference_into(a, a, difference.to(dtype), ratio)
+        write = weighted_sum_into if self.method == WEIGHTED_SUM else add_difference_into
+        write(a, a, merge_operand(self.method, self.b, self.c, device, dtype), ratio)
         if a is not weight:
             weight.copy_(a)  # widening: the host's cast back gives these bits again
         return weight
