@@ -71,9 +71,8 @@ def _zero_weight(name: str, value: Any) -> float | None:
         return None
     try:
         return _fraction(name, value)
-    except SettingsError:
-        raise SettingsError(f"Uncond Lab: '{name}' must be a number in [0, 1] or null (= the WebUI's own uncond), "
-                            f"got {value!r}") from None
+    except SettingsError as error:
+        raise SettingsError(f"{error} (or null: the WebUI's own uncond)") from None
 
 
 HIRES_MODES = {"same": "Same as first pass", "own": "Own settings", "off": "Untouched"}

@@ -49,7 +49,7 @@ def test_the_uncond_control_changes_nothing_until_a_weight_is_asked_for():
     ({"zero_weight": float("nan")}, "got nan"),
     ({"zero_weight": float("inf")}, "'zero_weight'"),
     ({"zero_weight": True}, "got True"),           # bools are ints in Python; not a weight
-    ({"zero_weight": "half"}, "or null (= the WebUI's own uncond)"),
+    ({"zero_weight": "half"}, "got 'half' (or null: the WebUI's own uncond)"),
     ({"zero_weight": [0.5]}, "got [0.5]"),
     ({"zero_weight": "half"}, "got 'half'"),
     ({"enabled": "maybe"}, "'enabled' must be true or false"),

@@ -504,22 +504,25 @@ def xyz_module():
     return None
 
 
-def register_xyz_axes(make_axes: Callable[[Any], Iterable[Any]], missing_ok: bool = False) -> None:
+def register_xyz_axes(make_axes: Callable[[Any], Iterable[Any]]) -> None:
     """Append our axes to the X/Y/Z plot, once per (re)loaded module: API users pick axes by index, so
-    built-ins must keep theirs.
-
-    Called when our script is imported: the WebUIs import their own scripts/ (xyz_grid.py) before any
-    extension's, and build the X/Y/Z script's axis list from `axis_options` after every import; a server started
-    with --nowebui builds it (for the API) before it calls `on_before_ui`, and the UI never calls it. Called
-    again from `on_before_ui` (missing_ok False) for an X/Y/Z script loaded after us; each UI reload imports a
-    fresh X/Y/Z module and our script again."""
+    built-ins must keep theirs, and `on_before_ui` runs again after every UI reload."""
     xyz = xyz_module()
     if xyz is None:
-        if not missing_ok:
-            log.warning("Uncond Lab: the X/Y/Z plot script was not found; no axes added")
+        log.warning("Uncond Lab: the X/Y/Z plot script was not found; no axes added")
         return
     known = {option.label for option in xyz.axis_options}
     xyz.axis_options.extend(axis for axis in make_axes(xyz) if axis.label not in known)
+
+
+def xyz_axes_at_import() -> bool:
+    """Whether to register the axes when our script is imported rather than in `on_before_ui`.
+
+    A server started with --nowebui builds the X/Y/Z script's axis list for the API (its Api object builds the
+    UI's scripts) before it calls `on_before_ui`, so only axes registered by then exist; our script is imported
+    after the WebUI's own scripts/ (xyz_grid.py), so the module is there. With the UI, `on_before_ui` keeps the
+    order of earlier versions: after the axes other extensions (reForge's built-in ones) add there."""
+    return bool(getattr(shared.cmd_opts, "nowebui", False))
 
 
 def fraction_axis(xyz, label: str, setting: str):
