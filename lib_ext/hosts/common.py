@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
+import gradio as gr
 import torch
 from modules import devices, prompt_parser, scripts, sd_models, sd_samplers, sd_schedulers, sd_vae, shared
 
@@ -21,6 +22,7 @@ from lib_ext.merge import MergeRecipe
 from lib_ext.merge.keys import VAE, classify_key
 from lib_ext.merge.recipe import RATIO_RANGE
 from lib_ext.merge.save import default_merge_name
+from lib_ext.merge.session import SOURCES_AUTO, SOURCES_CHOICES
 from lib_ext.settings import INFOTEXT_KEYS, SHIFT_RANGE, MergeRequest, Settings, SettingsError
 from lib_ext.uncond import Cond, UncondRun
 
@@ -335,6 +337,12 @@ def add_options() -> None:
     shared.opts.add_option(STATS_OPTION, shared.OptionInfo(
         False, "Write Uncond Lab's cost to the infotext (text-encoder calls, hook time per call)",
         section=("uncond_lab", "Uncond Lab")).info("for bench/uncond_hook.py"))
+    if host.MERGE_SOURCES_OPTION:
+        shared.opts.add_option(host.MERGE_SOURCES_OPTION, shared.OptionInfo(
+            SOURCES_AUTO, "Merges: where models A and B are read from when the merge ratio changes", gr.Radio,
+            {"choices": SOURCES_CHOICES}, section=("uncond_lab", "Uncond Lab")).info(
+            "Automatic = resident copies on the GPU when it has room for them, else the memory-mapped checkpoint "
+            "files (no copies in RAM; the OS caches the files while memory allows)"))
 
 
 def write_stats(p) -> None:

@@ -167,6 +167,8 @@ def webui(tmp_path_factory):
         pytest.skip("no WebUI named: set UNCOND_LAB_WEBUI_URL or WEBUI_DIR (see tests/webui/conftest.py)")
     # No live previews: they cost time and reForge would try to download their model.
     webui.post("/sdapi/v1/options", {"live_previews_enable": False})
+    if os.environ.get("UNCOND_LAB_MERGE_SOURCES") and webui.kind == "a1111":  # e.g. "Resident copies"
+        webui.post("/sdapi/v1/options", {"uncond_lab_merge_sources": os.environ["UNCOND_LAB_MERGE_SOURCES"]})
     webui.fresh = {}  # plain generations made before any test, per checkpoint
     for name in (SD15,) if webui.kind == "reforge" else (SD15, SDXL):
         webui.use_checkpoint(name)

@@ -157,6 +157,39 @@ def test_ratio_zero_is_model_a_and_ratio_one_is_model_b(merge_pair):
     assert p.pictures() == p.alone[("A", 7.0)]
 
 
+SOURCES_OPTION = "uncond_lab_merge_sources"  # A1111's setting; reForge's patches always read the mapped files
+
+
+def test_resident_copies_and_mapped_files_give_the_same_pictures(merge_pair):
+    """Where A and B are read from changes the memory, never the weights: every A1111 setting gives the same
+    picture at ratio 0.5, the console says where the merge reads from, and the weights come back exactly."""
+    p = merge_pair
+    log = Log(p.webui)
+    if p.webui.kind == "reforge":
+        half = p.pictures(p.merge(0.5))
+        assert "read from the memory-mapped files when reForge patches the weights" in log.text(), log.text()
+        assert p.webui.get("/uncond-lab/v1/merge-status")["resident_bytes"] == 0
+    else:
+        saved = p.webui.get("/sdapi/v1/options")[SOURCES_OPTION]
+        found = {}
+        try:
+            for sources, placement in (("Memory-mapped files", "mapped"), ("Resident copies", "device"),
+                                       ("Automatic", "mapped")):  # CPU weights: "Automatic" reads the files
+                p.webui.post("/sdapi/v1/options", {SOURCES_OPTION: sources})
+                found[sources] = p.pictures(p.merge(0.5))
+                status = p.webui.get("/uncond-lab/v1/merge-status")
+                assert status["placement"] == placement, status
+                assert (status["resident_bytes"] == 0) == (placement == "mapped"), status
+        finally:
+            p.webui.post("/sdapi/v1/options", {SOURCES_OPTION: saved})
+        half = found["Automatic"]
+        assert found["Memory-mapped files"] == half and found["Resident copies"] == half
+        assert "read from the memory-mapped files at each switch; 0.00 GB kept in RAM" in log.text(), log.text()
+        assert "of copies resident (device)" in log.text(), log.text()
+    assert half not in (p.alone[("A", 7.0)], p.alone[("B", 7.0)])
+    assert p.pictures() == p.alone[("A", 7.0)]
+
+
 def test_xyz_plot_writes_once_per_ratio_and_its_columns_are_the_models(merge_pair):
     p = merge_pair
     log = Log(p.webui)
