@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import random
 import re
@@ -530,6 +531,13 @@ def test_the_probe_tab_sweeps_the_merge_ratio(merge_pair):
     assert error == "" and "Score by merge ratio" in summary and "r=0:" in summary and "r=1:" in summary
     assert len(files) == 2 and sweep_plot["visible"] is True
     assert [row[0] for row in table["data"]] == [0, 1]
+    # The table shows 4 significant digits; the JSON download keeps every digit.
+    shown = [value for row in table["data"] for value in row if isinstance(value, float)]
+    assert shown and all(value == float(f"{value:.4g}") for value in shown)
+    with open(next(gallery_file(f) for f in files if gallery_file(f).endswith(".json"))) as file:
+        scores = json.load(file)["columns"]["score"]
+    assert any(score != float(f"{score:.4g}") for score in scores)
+    assert [float(f"{score:.4g}") for score in scores] == [row[1] for row in table["data"]]
     plain = gradio_call(p.webui, "uncond_lab_probe_run", probe_settings + ["None", "Weighted sum", "None", "follow",
                                                                            "0, 1"])
     assert "**Score " in plain[0] and plain[5] == ""

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.webui.client import ApiError
+from tests.webui.test_merge_e2e import gradio_call
 
 SMALL_PROBE = {"latent_shape": [4, 16, 16], "levels": 6, "seeds": [0, 1], "cfg_scale": 7}
 
@@ -98,7 +99,8 @@ def wait_for_job(webui, job: str, timeout: float = 120) -> None:
     raise TimeoutError(f"the WebUI did not start {job!r} within {timeout:.0f} s")
 
 
-def test_interrupt_stops_a_running_probe_and_frees_the_queue(sd15):
+@pytest.mark.parametrize("interrupt_from", ["api", "tab"])
+def test_interrupt_stops_a_running_probe_and_frees_the_queue(sd15, interrupt_from):
     # About 1200 latents of 128x128 in 150 UNet calls: minutes on a CPU, so the interrupt lands mid-probe.
     body = {**SMALL_PROBE, "latent_shape": [4, 128, 128], "seeds": [random.randrange(1 << 30) for _ in range(4)],
             "levels": 100}
@@ -112,7 +114,10 @@ def test_interrupt_stops_a_running_probe_and_frees_the_queue(sd15):
     thread.start()
     wait_for_job(sd15, "uncond_lab_probe")
     interrupted_at = time.monotonic()
-    sd15.post("/sdapi/v1/interrupt", {})
+    if interrupt_from == "api":
+        sd15.post("/sdapi/v1/interrupt", {})
+    else:  # the Probe sub-tab's Interrupt button, as the browser calls it
+        gradio_call(sd15, "uncond_lab_probe_interrupt", [])
     thread.join(timeout=60)
     result = answer["result"]
     assert result["interrupted"] is True and answer["at"] - interrupted_at < 5.0
