@@ -81,7 +81,8 @@ class ProbeService:
 
     def _probe(self, sd_model, settings: ProbeSettings, recipe: str | None,
                on_level: Callable[[int, int], None] | None) -> tuple[ProbeResult, bool]:
-        denoise, sigma_table, noising = host.probe_model(sd_model)
+        with torch.no_grad():  # reForge loads the UNet here, computing a merge's weight patches
+            denoise, sigma_table, noising = host.probe_model(sd_model)
         key = ProbeKey.for_table(model_identity(sd_model), recipe, settings, sigma_table.cpu(), _variant(sd_model))
         cached = self.cache.get(key)
         if cached is not None:
