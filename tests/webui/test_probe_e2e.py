@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.webui.client import ApiError
+from tests.webui.conftest import SDXL
 from tests.webui.test_merge_e2e import gradio_call
 
 SMALL_PROBE = {"latent_shape": [4, 16, 16], "levels": 6, "seeds": [0, 1], "cfg_scale": 7}
@@ -53,11 +54,11 @@ def test_probe_of_sd15_with_zero_text_encoder_scores_zero(webui, no_norm_emphasi
 def test_probe_of_sdxl(sdxl):
     result = probe(sdxl)
     assert result["score"] > 0 and result["embedding"]["null_pooled_norm"] > 0
-    assert sdxl.txt2img().pixels == sdxl.fresh["uncondlab-tiny-sdxl-a"]
+    assert sdxl.txt2img().pixels == sdxl.fresh[SDXL]
 
 
 def test_probe_of_sdxl_with_zero_text_encoder_scores_zero(sdxl, no_norm_emphasis):
-    check_zero_text_encoder_scores_zero(sdxl, "uncondlab-tiny-sdxl-zero-te")
+    check_zero_text_encoder_scores_zero(sdxl, "uncondlab-vega-sdxl-zero-te")
 
 
 @pytest.mark.parametrize("body, fragment", [

@@ -1,4 +1,4 @@
-"""Rectified-flow mode in a real WebUI (A1111 1.10: SD1.5 and SDXL; reForge: SD1.5), through the HTTP API.
+"""Rectified-flow mode in a real WebUI (A1111 1.10 and reForge, SD1.5 and SDXL), through the HTTP API.
 
 What is checked: RF runs in txt2img, img2img and hires fix with the RF schedule and Euler, Heun, DPM++ 2M (each
 deterministic and different from the model's own sampling); Euler a runs its RF variant, seeded; refused
@@ -27,7 +27,7 @@ RF_ONLY = {"rf": True, "shift": 3.0}
 RF_SCHEDULE = {"scheduler": "Rectified Flow"}
 HIRES = {"enable_hr": True, "hr_scale": 2, "denoising_strength": 0.6, "hr_second_pass_steps": 3, "hr_cfg": 0}
 SAMPLERS = ["Euler", "Heun", "DPM++ 2M"]
-FLOW_SD15, FLOW_SDXL = "uncondlab-tiny-sd15-flow", "uncondlab-tiny-sdxl-flow"  # -a weights, metadata: flow
+FLOW_SD15, FLOW_SDXL = "uncondlab-tiny-sd15-flow", "uncondlab-vega-sdxl-flow"  # -a weights, metadata: flow
 FAULTS = "Uncond Lab test faults"
 
 
@@ -129,6 +129,14 @@ def test_sd15_refused_samplers_name_the_working_ones(sd15, sampler):
     body = refusal(lambda: sd15.txt2img(RF, sampler_name=sampler))
     assert f"sampler '{sampler}' cannot sample a rectified-flow model" in body
     assert "Samplers that work in RF mode: Euler, Heun, LMS, DPM2, DPM++ 2M, Euler a" in body
+
+
+def test_sdxl_refusals_are_those_of_sd15(sdxl):
+    body = refusal(lambda: sdxl.txt2img(RF, sampler_name="DPM++ 2M SDE"))
+    assert "sampler 'DPM++ 2M SDE' cannot sample a rectified-flow model" in body
+    assert "sampler 'DDIM'" in refusal(lambda: sdxl.txt2img(RF, hr_sampler_name="DDIM", **HIRES))
+    assert "'Rectified Flow' schedule needs rectified-flow sampling" in refusal(lambda: sdxl.txt2img(**RF_SCHEDULE))
+    assert sdxl.txt2img().pixels == sdxl.fresh[SDXL]
 
 
 def test_sd15_hires_sampler_is_checked_too(sd15):
@@ -282,32 +290,48 @@ def ams(shift: float = 3.0, mode: str = "SD3") -> dict:
     return {"advanced model sampling for reforge": {"args": args}}
 
 
-def test_sd15_reforge_rf_equals_advanced_model_sampling_sd3(sd15):
-    reforge_only(sd15)
-    ours = {(sampler, schedule): sd15.txt2img(RF, sampler_name=sampler, scheduler=schedule).images[0]
+def webui_uncond(settings: dict, model: str) -> dict:
+    """`settings` with the uncond the WebUI itself feeds for an empty negative: te("") on SD1.5, zeros on SDXL
+    (Uncond Lab enabled otherwise feeds te(""), its zero weight 0, which on SDXL is another picture)."""
+    return {**settings, "zero_weight": 1.0} if model == SDXL else settings
+
+
+def check_rf_equals_advanced_model_sampling_sd3(webui, model: str) -> None:
+    reforge_only(webui)
+    rf = webui_uncond(RF, model)
+    ours = {(sampler, schedule): webui.txt2img(rf, sampler_name=sampler, scheduler=schedule).images[0]
             for sampler, schedule in [("Euler", "Automatic"), ("Euler", "Simple"), ("Euler", "Karras"),
                                       ("Heun", "Simple"), ("DPM++ 2M", "Simple")]}
-    rf_only = sd15.txt2img(RF_ONLY, sampler_name="Euler", scheduler="Simple").images[0]
-    init = b64_png(sd15.txt2img().images[0])
-    ours_img2img = sd15.img2img(RF, init_images=[init], denoising_strength=0.6, scheduler="Simple").images[0]
-    ours_hires = sd15.txt2img(RF, scheduler="Simple", **HIRES).images[0]
+    rf_only = webui.txt2img(RF_ONLY, sampler_name="Euler", scheduler="Simple").images[0]
+    init = b64_png(webui.txt2img().images[0])
+    ours_img2img = webui.img2img(rf, init_images=[init], denoising_strength=0.6, scheduler="Simple").images[0]
+    ours_hires = webui.txt2img(rf, scheduler="Simple", **HIRES).images[0]
     try:
         # From here on Advanced Model Sampling leaves its flow denoiser on the model (see clean_leftovers).
         for (sampler, schedule), image in ours.items():
-            theirs = sd15.txt2img(sampler_name=sampler, scheduler=schedule, scripts=ams()).images[0]
+            theirs = webui.txt2img(sampler_name=sampler, scheduler=schedule, scripts=ams()).images[0]
             assert max_pixel_difference(image, theirs) == 0, (sampler, schedule)
         assert max_pixel_difference(rf_only, ours[("Euler", "Simple")]) == 0  # {"rf": true, "shift": 3} alone
-        theirs = sd15.img2img(init_images=[init], denoising_strength=0.6, scheduler="Simple", scripts=ams())
+        theirs = webui.img2img(init_images=[init], denoising_strength=0.6, scheduler="Simple", scripts=ams())
         assert max_pixel_difference(ours_img2img, theirs.images[0]) <= 1
-        theirs = sd15.txt2img(scheduler="Simple", scripts=ams(), **HIRES)
+        theirs = webui.txt2img(scheduler="Simple", scripts=ams(), **HIRES)
         assert max_pixel_difference(ours_hires, theirs.images[0]) <= 1
         # Both at once: refused, the message says which.
-        assert "Advanced Model Sampling (SD3 mode) is enabled" in refusal(lambda: sd15.txt2img(RF, scripts=ams()))
-        assert "create_denoiser=True" in probe(sd15)  # its leak, which Uncond Lab cleans up below
+        assert "Advanced Model Sampling (SD3 mode) is enabled" in refusal(lambda: webui.txt2img(RF, scripts=ams()))
+        assert "create_denoiser=True" in probe(webui)  # its leak, which Uncond Lab cleans up below
     finally:
-        sd15.txt2img({"enabled": True})  # any enabled Uncond Lab generation removes the leftover
-    assert probe(sd15) == probe_of_a_clean_model(sd15)
-    assert sd15.txt2img().pixels == sd15.fresh[SD15]
+        webui.txt2img({"enabled": True})  # any enabled Uncond Lab generation removes the leftover
+    assert probe(webui) == probe_of_a_clean_model(webui)
+    assert webui.txt2img().pixels == webui.fresh[model]
+
+
+def test_sd15_reforge_rf_equals_advanced_model_sampling_sd3(sd15):
+    check_rf_equals_advanced_model_sampling_sd3(sd15, SD15)
+
+
+def test_sdxl_reforge_rf_equals_advanced_model_sampling_sd3(sdxl):
+    """The SDXL UNet under reForge's own flow sampling: its {crossattn, vector} conds, its size embeddings in hires."""
+    check_rf_equals_advanced_model_sampling_sd3(sdxl, SDXL)
 
 
 # --- a checkpoint that declares flow in its metadata -------------------------------------------------------
@@ -325,7 +349,8 @@ def check_model_default(webui, flow_model: str, plain_model: str) -> None:
         assert own.pixels == webui.fresh[plain_model]  # the model's own sampling of the same weights
         if webui.kind == "reforge":  # Advanced Model Sampling, enabled by the user, wins over a model default
             theirs = webui.txt2img(scheduler="Simple", scripts=ams())
-            assert webui.txt2img({"enabled": True}, scheduler="Simple", scripts=ams()).pixels == theirs.pixels
+            enabled = webui_uncond({"enabled": True}, plain_model)
+            assert webui.txt2img(enabled, scheduler="Simple", scripts=ams()).pixels == theirs.pixels
             webui.txt2img({"enabled": True})  # removes what Advanced Model Sampling left on the model
     finally:
         webui.use_checkpoint(plain_model)
