@@ -70,6 +70,10 @@ PLACEMENTS = ("auto", "device", "cpu", "mapped")
 BASES = ("live", "file")
 COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 DEFAULT_DEVICE_RESERVE = 2 * 1024 ** 3  # what placement="auto" leaves free on the device for inference
+# Mapped passes cast and merge at most this many elements of a tensor at a time, through reused buffers. A power
+# of two, so that every piece but the last is a whole number of SIMD vectors: elementwise kernels then give each
+# element the bits they give it in one call over the whole tensor.
+CHUNK_ELEMENTS = 1 << 22
 _DIRTY = object()  # a group's state while a pass writes it: neither the originals nor a known ratio
 
 
@@ -171,6 +175,7 @@ class InPlaceMerge:
         self.groups: tuple[str, ...] = tuple(g for g in self.plan.groups if g in handed_over)
         self._slots: dict[str, list[_Slot]] = {}
         self.placement_used: str | None = None  # what "auto" chose, once prepared
+        self._scratch = _Scratch()  # mapped: cast buffers, emptied after each pass
         self._state: dict[str, object] = {g: None for g in self.groups}  # None: originals; a float: that ratio
         self._staging: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -248,10 +253,13 @@ class InPlaceMerge:
         load = self._map_slot if placement == "mapped" else self._load_slot
         cpu = torch.device("cpu")
         slots: dict[str, list[_Slot]] = {g: [] for g in self.groups}
-        with torch.no_grad():  # nothing is written to the targets here: an error leaves them as they were
-            for key, tensor in live.items():
-                device = cpu if placement == "cpu" else tensor.device
-                slots[self.plan.group_of(key)].append(load(key, tensor, device))
+        try:
+            with torch.no_grad():  # nothing is written to the targets here: an error leaves them as they were
+                for key, tensor in live.items():
+                    device = cpu if placement == "cpu" else tensor.device
+                    slots[self.plan.group_of(key)].append(load(key, tensor, device))
+        finally:
+            self._scratch = _Scratch()  # its buffers go back
         self._slots, self.placement_used = slots, placement
         if placement != "mapped":
             self._close_inputs()  # everything needed is resident: release the files (Windows can then move them)
@@ -272,8 +280,9 @@ class InPlaceMerge:
     def _map_slot(self, key: str, tensor: torch.Tensor, device: torch.device) -> _Slot:
         """Mapped: nothing resident, unless the live value is not A's file value as the host casts it (then
         that live value is kept in RAM: as A with base="live", as what restore() writes with base="file")."""
-        live = tensor.detach()
-        if bits_equal(_as_loaded(self.inputs.a.view(key), live.dtype, live.device), live):
+        live, stored, scratch = tensor.detach(), self.inputs.a.view(key), self._scratch
+        if all(bits_equal(scratch.cast("check", piece(stored), live.device, live.dtype), piece(live))
+               for piece in _pieces(live)):
             return _Slot(key, tensor.shape, tensor.dtype, None, None, None)
         if self.base == "live":
             return _Slot(key, tensor.shape, tensor.dtype, live.to("cpu", compute_dtype_for(live.dtype), copy=True),
@@ -375,7 +384,8 @@ class InPlaceMerge:
                 for slot in self._slots[group]:
                     target = self._checked_target(targets, slot)
                     original = slot.original if slot.original is not None else slot.base
-                    target.copy_(original if original is not None else self._a_as_loaded(slot, target.device))
+                    # copy_ casts A's file value to the live dtype as the host did (checked at prepare())
+                    target.copy_(original if original is not None else self.inputs.a.view(slot.key))
                 self._state[group] = None
                 changed.add(group)
         return frozenset(changed)
@@ -408,17 +418,16 @@ class InPlaceMerge:
             for source in self.inputs.by_role().values():
                 source.check_unchanged()
 
-    def _a_as_loaded(self, slot: _Slot, device: torch.device) -> torch.Tensor:
-        """A's file value as the host loaded it: the live value at prepare() (checked there, bit for bit)."""
-        return _as_loaded(self.inputs.a.view(slot.key), slot.live_dtype, device)
-
     def _write_group(self, group: str, ratio: float, targets: Mapping[str, torch.Tensor], a_in_place: bool) -> None:
         """One pass over a group's parameters. The hot loop of a switch: keep it lean (≈ 1680 tensors, SDXL).
         a_in_place: the live tensors hold A (the originals): a mapped switch need not read A's file."""
         write = weighted_sum_into if self.recipe.method == WEIGHTED_SUM else add_difference_into
         if self.placement_used == "mapped":
-            for slot in self._slots[group]:
-                self._write_from_files(slot, self._checked_target(targets, slot), ratio, write, a_in_place)
+            try:
+                for slot in self._slots[group]:
+                    self._write_from_files(slot, self._checked_target(targets, slot), ratio, write, a_in_place)
+            finally:
+                self._scratch = _Scratch()
             return
         endpoint = ratio == 0.0 or (ratio == 1.0 and self.recipe.method == WEIGHTED_SUM)
         for slot in self._slots[group]:
@@ -435,20 +444,25 @@ class InPlaceMerge:
 
     def _write_from_files(self, slot: _Slot, target: torch.Tensor, ratio: float, write, a_in_place: bool) -> None:
         """Mapped: the same operands as the resident copies would be (A as loaded, B cast to the compute dtype,
-        D = B − C in float32 then rounded), read from the files onto the target's device, written into it."""
-        dtype, device = compute_dtype_for(slot.live_dtype), target.device
-        if slot.base is not None:
-            a = _on(slot.base, device, dtype)
-        elif a_in_place and target.dtype == dtype:
-            a = target  # lerp / add read and write it element by element
-        else:
-            a = _on(self._a_as_loaded(slot, device), device, dtype)
-        c = self.inputs.c.view(slot.key) if self.inputs.c is not None else None
-        other = merge_operand(self.recipe.method, self.inputs.b.view(slot.key), c, device, dtype, self.difference_dtype)
-        out = target if target.dtype == dtype else torch.empty(slot.shape, device=device, dtype=dtype)
-        write(out, a, other, ratio)
-        if out is not target:
-            target.copy_(out)  # float8 storage: one cast, as from the resident copies
+        D = B − C in float32 then rounded), read from the files onto the target's device, written into it, a
+        piece at a time through the pass's reused buffers."""
+        dtype, device, cast = compute_dtype_for(slot.live_dtype), target.device, self._scratch.cast
+        files = self.inputs
+        a_file, b, c = files.a.view(slot.key), files.b.view(slot.key), files.c.view(slot.key) if files.c else None
+        for piece in _pieces(target):
+            out = piece(target)
+            if slot.base is not None:
+                a = cast("a", piece(slot.base), device, dtype)
+            elif a_in_place and target.dtype == dtype:
+                a = out  # lerp / add read and write it element by element
+            else:  # A as the host loaded it (float8: stored → float8 → float16)
+                a = cast("a", cast("a_live", piece(a_file), device, slot.live_dtype), device, dtype)
+            other = merge_operand(self.recipe.method, piece(b), None if c is None else piece(c), device, dtype,
+                                  self.difference_dtype, self._scratch)
+            result = out if out.dtype == dtype else self._scratch.take("out", out.shape, device, dtype)
+            write(result, a, other, ratio)
+            if result is not out:
+                out.copy_(result)  # float8 storage: one cast, as from the resident copies
 
     def _staging_buffer(self, slot: _Slot, target_device: torch.device) -> torch.Tensor:
         """One reusable buffer per (device, dtype), as large as the largest resident tensor there."""
@@ -465,22 +479,55 @@ class InPlaceMerge:
 
 
 def merge_operand(method: str, b: torch.Tensor, c: torch.Tensor | None, device: torch.device, dtype: torch.dtype,
-                  difference_dtype: torch.dtype | None = None) -> torch.Tensor:
+                  difference_dtype: torch.dtype | None = None, scratch: "_Scratch | None" = None) -> torch.Tensor:
     """What a merge combines with A, on `device`: B in the compute dtype (weighted sum), or D = B − C computed in
     float32 and rounded once to `difference_dtype or dtype` (add difference). Every placement and host uses this,
-    so that they all write the same bits."""
+    so that they all write the same bits. With `scratch`, casts go into its reused buffers."""
+    scratch = scratch or _NO_SCRATCH
     if method == WEIGHTED_SUM:
-        return _on(b, device, dtype)
-    difference = _on(b, device, torch.float32) - _on(c, device, torch.float32)
-    return _on(difference, device, difference_dtype or dtype)
+        return scratch.cast("b", b, device, dtype)
+    b32, c32 = scratch.cast("b", b, device, torch.float32), scratch.cast("c", c, device, torch.float32)
+    difference = torch.sub(b32, c32, out=scratch.take("d32", b32.shape, device, torch.float32))
+    return scratch.cast("d", difference, device, difference_dtype or dtype)
 
 
-def _as_loaded(stored: torch.Tensor, live_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A file's tensor as a host loads it: moved, then cast to the live dtype (float16/bfloat16/float8 casts
-    round to nearest, the same on every device); no copy when it already is that."""
-    return _on(_on(stored, device, stored.dtype), device, live_dtype)
+class _Scratch:
+    """Buffers reused for every cast of a pass, one per role and dtype. A fresh tensor per cast would leave glibc
+    holding the freed blocks in per-thread arenas: measured in A1111, a sweep of a float32 model from float16
+    files grew the process by a whole model copy of such blocks."""
+
+    def __init__(self):
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def take(self, role: str, shape: torch.Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        numel = math.prod(shape)
+        buffer = self._buffers.get((role, device, dtype))
+        if buffer is None or buffer.numel() < numel:
+            buffer = self._buffers[(role, device, dtype)] = torch.empty(max(numel, 1), device=device, dtype=dtype)
+        return buffer[:numel].view(shape)
+
+    def cast(self, role: str, tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """tensor.to(device, dtype) (copy_ casts the same way), into a buffer; no copy when it is a no-op."""
+        if tensor.dtype == dtype and tensor.device == device:
+            return tensor
+        return self.take(role, tensor.shape, device, dtype).copy_(tensor)
 
 
-def _on(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """tensor.to(device, dtype), skipping the call when it is a no-op (a switch makes thousands of them)."""
-    return tensor if tensor.dtype == dtype and tensor.device == device else tensor.to(device=device, dtype=dtype)
+class _Allocating(_Scratch):
+    """No buffers to reuse: each cast and result a new tensor (one-off callers, e.g. reForge's patches)."""
+
+    def take(self, role, shape, device, dtype):
+        return torch.empty(shape, device=device, dtype=dtype)
+
+
+_NO_SCRATCH = _Allocating()
+
+
+def _pieces(tensor: torch.Tensor):
+    """Functions that cut a tensor (and any other of its shape) into flat pieces of CHUNK_ELEMENTS; the whole
+    tensor when it is small or not contiguous."""
+    numel = tensor.numel()
+    if numel <= CHUNK_ELEMENTS or not tensor.is_contiguous():
+        return [lambda t: t]
+    return [lambda t, start=start: t.reshape(-1)[start:start + CHUNK_ELEMENTS]
+            for start in range(0, numel, CHUNK_ELEMENTS)]
