@@ -175,7 +175,9 @@ class InPlaceMerge:
         self.groups: tuple[str, ...] = tuple(g for g in self.plan.groups if g in handed_over)
         self._slots: dict[str, list[_Slot]] = {}
         self.placement_used: str | None = None  # what "auto" chose, once prepared
-        self._scratch = _Scratch()  # mapped: cast buffers, emptied after each pass
+        # Mapped: cast buffers, kept from one switch to the next (at most CHUNK_ELEMENTS per role and dtype: 16 MiB
+        # in float32); made again for every pass, they would pile up as freed blocks in glibc's per-thread arenas.
+        self._scratch = _Scratch()
         self._state: dict[str, object] = {g: None for g in self.groups}  # None: originals; a float: that ratio
         self._staging: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -259,7 +261,7 @@ class InPlaceMerge:
                     device = cpu if placement == "cpu" else tensor.device
                     slots[self.plan.group_of(key)].append(load(key, tensor, device))
         finally:
-            self._scratch = _Scratch()  # its buffers go back
+            self._scratch = _Scratch()  # the check's buffer goes back
         self._slots, self.placement_used = slots, placement
         if placement != "mapped":
             self._close_inputs()  # everything needed is resident: release the files (Windows can then move them)
@@ -295,7 +297,7 @@ class InPlaceMerge:
             if self.prepared:
                 self.restore()
         finally:
-            self._slots, self._staging = {}, {}
+            self._slots, self._staging, self._scratch = {}, {}, _Scratch()
             self._close_inputs()
 
     def _close_inputs(self) -> None:
@@ -423,11 +425,8 @@ class InPlaceMerge:
         a_in_place: the live tensors hold A (the originals): a mapped switch need not read A's file."""
         write = weighted_sum_into if self.recipe.method == WEIGHTED_SUM else add_difference_into
         if self.placement_used == "mapped":
-            try:
-                for slot in self._slots[group]:
-                    self._write_from_files(slot, self._checked_target(targets, slot), ratio, write, a_in_place)
-            finally:
-                self._scratch = _Scratch()
+            for slot in self._slots[group]:
+                self._write_from_files(slot, self._checked_target(targets, slot), ratio, write, a_in_place)
             return
         endpoint = ratio == 0.0 or (ratio == 1.0 and self.recipe.method == WEIGHTED_SUM)
         for slot in self._slots[group]:
@@ -492,9 +491,9 @@ def merge_operand(method: str, b: torch.Tensor, c: torch.Tensor | None, device: 
 
 
 class _Scratch:
-    """Buffers reused for every cast of a pass, one per role and dtype. A fresh tensor per cast would leave glibc
-    holding the freed blocks in per-thread arenas: measured in A1111, a sweep of a float32 model from float16
-    files grew the process by a whole model copy of such blocks."""
+    """Buffers reused for every cast, one per role and dtype. A fresh tensor per cast would leave glibc holding the
+    freed blocks in per-thread arenas: measured in A1111, a sweep of a float32 model from float16 files grew the
+    process by a whole model copy of such blocks."""
 
     def __init__(self):
         self._buffers: dict[tuple, torch.Tensor] = {}
