@@ -9,13 +9,14 @@ The WebUI must run with `--api` and Uncond Lab installed, on this machine (`--pi
 checkpoint files is not in it (the OS drops those pages when RAM runs short). A thread samples it every 50 ms.
 
 Steps: load A, make a plain picture (the baseline: the model alone, warmed up), then one picture per ratio with B
-merged (text encoders following), then a plain one again (the merge restored and released). `--sources` sets
+merged (text encoders following, or at --te-ratio), then a plain one again (the merge restored and released). `--sources` sets
 A1111's setting for where A and B are read from (reForge has none: its patches always read the mapped files).
 The model's size is the checkpoint's tensors as loaded (float32 with --no-half): `model_mb`.
 
 Last line: `merge_peak/model=X.XX merge_held/model=Y.YY model_mb=M` — the peak during the merged pictures and the
-memory held after them, above the baseline, as a fraction of one model copy. Goal (mapped): ≤ 0.05 held; the
-resident copies hold about 2 (A and B of every merged weight).
+memory held after them, above the baseline, as a fraction of one model copy. Goal (A1111, mapped): ≤ 0.05 held
+on an SDXL-sized model (the cast buffers, a few tens of MiB whatever the model's size); the resident copies hold
+about 2 (A and B of every merged weight). reForge adds its own backup of each patched weight while patched.
 """
 from __future__ import annotations
 
@@ -76,6 +77,7 @@ def main() -> int:
     parser.add_argument("--partner", required=True, help="model B: checkpoint file stem")
     parser.add_argument("--sources", default=None, help="A1111's setting (default: leave it as it is)")
     parser.add_argument("--ratios", default="0.5,1,0.25")
+    parser.add_argument("--te-ratio", type=float, default=None, help="text-encoder ratio (default: follows)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--float16", action="store_true", help="the WebUI keeps weights in float16 (no --no-half)")
@@ -101,7 +103,7 @@ def main() -> int:
         with Sampler(args.pid) as merged:
             for ratio in (float(r) for r in args.ratios.split(",")):
                 start = time.perf_counter()
-                webui.txt2img({"merge_model": partner, "merge_ratio": ratio}, **params)
+                webui.txt2img({"merge_model": partner, "merge_ratio": ratio, "merge_te_ratio": args.te_ratio}, **params)
                 print(f"  ratio {ratio:g}: {time.perf_counter() - start:.1f} s, RssAnon now "
                       f"{rss_anon(args.pid) / 2 ** 20:.0f} MiB")
         held = rss_anon(args.pid)

@@ -53,7 +53,7 @@ def assert_same(x, y):
 def test_mapped_writes_what_resident_copies_write(paths, method, dtype, difference_dtype, chunk, monkeypatch):
     """Every ratio of a sweep, mapped vs resident: the same bits; both restore the originals exactly. Also when the
     mapped pass works through tensors in pieces (chunk 64: every test tensor is cut)."""
-    monkeypatch.setattr("lib_ext.merge.inplace.CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr("lib_ext.merge.ops.CHUNK_ELEMENTS", chunk)
     models = {placement: live_model(dtype) for placement in ("device", "mapped")}
     before = values(models["mapped"])
     merges = {placement: InPlaceMerge(recipe(paths, method), model, placement=placement,

@@ -60,7 +60,8 @@ from typing import Any, Callable, Iterable, Mapping, Union
 import torch
 
 from lib_ext.merge.keys import GROUP_LABELS, classify_key
-from lib_ext.merge.ops import add_difference_into, bits_equal, weighted_sum_into
+from lib_ext.merge.ops import (CastBuffers, add_difference_into, bits_equal, merge_operand, pieces,
+                               weighted_sum_into)
 from lib_ext.merge.recipe import ADD_DIFFERENCE, WEIGHTED_SUM, MergeRecipe
 from lib_ext.merge.sources import MergeInputs, MergePlan, plan_merge
 
@@ -70,10 +71,6 @@ PLACEMENTS = ("auto", "device", "cpu", "mapped")
 BASES = ("live", "file")
 COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 DEFAULT_DEVICE_RESERVE = 2 * 1024 ** 3  # what placement="auto" leaves free on the device for inference
-# Mapped passes cast and merge at most this many elements of a tensor at a time, through reused buffers. A power
-# of two, so that every piece but the last is a whole number of SIMD vectors: elementwise kernels then give each
-# element the bits they give it in one call over the whole tensor.
-CHUNK_ELEMENTS = 1 << 22
 _DIRTY = object()  # a group's state while a pass writes it: neither the originals nor a known ratio
 
 
@@ -177,7 +174,7 @@ class InPlaceMerge:
         self.placement_used: str | None = None  # what "auto" chose, once prepared
         # Mapped: cast buffers, kept from one switch to the next (at most CHUNK_ELEMENTS per role and dtype: 16 MiB
         # in float32); made again for every pass, they would pile up as freed blocks in glibc's per-thread arenas.
-        self._scratch = _Scratch()
+        self._scratch = CastBuffers()
         self._state: dict[str, object] = {g: None for g in self.groups}  # None: originals; a float: that ratio
         self._staging: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -261,7 +258,7 @@ class InPlaceMerge:
                     device = cpu if placement == "cpu" else tensor.device
                     slots[self.plan.group_of(key)].append(load(key, tensor, device))
         finally:
-            self._scratch = _Scratch()  # the check's buffer goes back
+            self._scratch = CastBuffers()  # the check's buffer goes back
         self._slots, self.placement_used = slots, placement
         if placement != "mapped":
             self._close_inputs()  # everything needed is resident: release the files (Windows can then move them)
@@ -284,7 +281,7 @@ class InPlaceMerge:
         that live value is kept in RAM: as A with base="live", as what restore() writes with base="file")."""
         live, stored, scratch = tensor.detach(), self.inputs.a.view(key), self._scratch
         if all(bits_equal(scratch.cast("check", piece(stored), live.device, live.dtype), piece(live))
-               for piece in _pieces(live)):
+               for piece in pieces(live)):
             return _Slot(key, tensor.shape, tensor.dtype, None, None, None)
         if self.base == "live":
             return _Slot(key, tensor.shape, tensor.dtype, live.to("cpu", compute_dtype_for(live.dtype), copy=True),
@@ -297,7 +294,7 @@ class InPlaceMerge:
             if self.prepared:
                 self.restore()
         finally:
-            self._slots, self._staging, self._scratch = {}, {}, _Scratch()
+            self._slots, self._staging, self._scratch = {}, {}, CastBuffers()
             self._close_inputs()
 
     def _close_inputs(self) -> None:
@@ -448,7 +445,7 @@ class InPlaceMerge:
         dtype, device, cast = compute_dtype_for(slot.live_dtype), target.device, self._scratch.cast
         files = self.inputs
         a_file, b, c = files.a.view(slot.key), files.b.view(slot.key), files.c.view(slot.key) if files.c else None
-        for piece in _pieces(target):
+        for piece in pieces(target):
             out = piece(target)
             if slot.base is not None:
                 a = cast("a", piece(slot.base), device, dtype)
@@ -475,58 +472,3 @@ class InPlaceMerge:
                 buffer = buffer.pin_memory()  # page-locked: the host → device copy runs at full PCIe speed
             self._staging[(device, dtype)] = buffer
         return buffer[:slot.base.numel()].view(slot.shape)
-
-
-def merge_operand(method: str, b: torch.Tensor, c: torch.Tensor | None, device: torch.device, dtype: torch.dtype,
-                  difference_dtype: torch.dtype | None = None, scratch: "_Scratch | None" = None) -> torch.Tensor:
-    """What a merge combines with A, on `device`: B in the compute dtype (weighted sum), or D = B − C computed in
-    float32 and rounded once to `difference_dtype or dtype` (add difference). Every placement and host uses this,
-    so that they all write the same bits. With `scratch`, casts go into its reused buffers."""
-    scratch = scratch or _NO_SCRATCH
-    if method == WEIGHTED_SUM:
-        return scratch.cast("b", b, device, dtype)
-    b32, c32 = scratch.cast("b", b, device, torch.float32), scratch.cast("c", c, device, torch.float32)
-    difference = torch.sub(b32, c32, out=scratch.take("d32", b32.shape, device, torch.float32))
-    return scratch.cast("d", difference, device, difference_dtype or dtype)
-
-
-class _Scratch:
-    """Buffers reused for every cast, one per role and dtype. A fresh tensor per cast would leave glibc holding the
-    freed blocks in per-thread arenas: measured in A1111, a sweep of a float32 model from float16 files grew the
-    process by a whole model copy of such blocks."""
-
-    def __init__(self):
-        self._buffers: dict[tuple, torch.Tensor] = {}
-
-    def take(self, role: str, shape: torch.Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        numel = math.prod(shape)
-        buffer = self._buffers.get((role, device, dtype))
-        if buffer is None or buffer.numel() < numel:
-            buffer = self._buffers[(role, device, dtype)] = torch.empty(max(numel, 1), device=device, dtype=dtype)
-        return buffer[:numel].view(shape)
-
-    def cast(self, role: str, tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """tensor.to(device, dtype) (copy_ casts the same way), into a buffer; no copy when it is a no-op."""
-        if tensor.dtype == dtype and tensor.device == device:
-            return tensor
-        return self.take(role, tensor.shape, device, dtype).copy_(tensor)
-
-
-class _Allocating(_Scratch):
-    """No buffers to reuse: each cast and result a new tensor (one-off callers, e.g. reForge's patches)."""
-
-    def take(self, role, shape, device, dtype):
-        return torch.empty(shape, device=device, dtype=dtype)
-
-
-_NO_SCRATCH = _Allocating()
-
-
-def _pieces(tensor: torch.Tensor):
-    """Functions that cut a tensor (and any other of its shape) into flat pieces of CHUNK_ELEMENTS; the whole
-    tensor when it is small or not contiguous."""
-    numel = tensor.numel()
-    if numel <= CHUNK_ELEMENTS or not tensor.is_contiguous():
-        return [lambda t: t]
-    return [lambda t, start=start: t.reshape(-1)[start:start + CHUNK_ELEMENTS]
-            for start in range(0, numel, CHUNK_ELEMENTS)]
