@@ -291,8 +291,8 @@ def ams(shift: float = 3.0, mode: str = "SD3") -> dict:
 
 
 def webui_uncond(settings: dict, model: str) -> dict:
-    """`settings` with the uncond the WebUI itself feeds for an empty negative: te("") on SD1.5, zeros on SDXL
-    (Uncond Lab enabled otherwise feeds te(""), its zero weight 0, which on SDXL is another picture)."""
+    """`settings` with the uncond the WebUI itself feeds for an empty negative spelled out: te("") on SD1.5, zeros
+    (w = 1) on SDXL. The same pictures as no weight at all, which leaves the WebUI's own uncond."""
     return {**settings, "zero_weight": 1.0} if model == SDXL else settings
 
 
