@@ -101,7 +101,23 @@ def _shelf_label(rank: int, title: str) -> str:
 def _shelf_bar_rows(shelf: ShelfProbe):
     import pandas as pd
     return pd.DataFrame([{"checkpoint": _shelf_label(rank, row.checkpoint), "score": row.score}
-                         for rank, row in enumerate(shelf.ranked(), 1) if row.score is not None])
+                         for rank, row in enumerate(shelf.ranked(), 1) if row.score is not None],
+                        columns=["checkpoint", "score"])  # the columns even when no checkpoint has a score
+
+
+BAR_PLOT = {"x": "checkpoint", "y": "score", "vertical": False, "tooltip": ["checkpoint", "score"],
+            "title": "Score by checkpoint", "width": 600, "height": 240}
+
+
+def _bars(rows, visible: bool = True):
+    """An update of the bar chart. Gradio 3.41's BarPlot.update rebuilds the chart from every property it is given
+    and counts its `vertical` default as one, so each update hands it the data and all its properties."""
+    return gr.update(value=rows, visible=visible, **BAR_PLOT)
+
+
+def _hidden_bars():
+    import pandas as pd
+    return _bars(pd.DataFrame({"checkpoint": [], "score": []}), visible=False)
 
 
 def _shelf_level_rows(shelf: ShelfProbe):
@@ -142,7 +158,7 @@ def run_checkpoints(checkpoints: CheckpointProbe, settings: ProbeSettings, names
         model = loaded_title()
     data = {"model": model, **shelf.to_dict(), "memory": memory}
     return (_shelf_summary(shelf, model), _shelf_level_rows(shelf),
-            gr.update(value=_shelf_bar_rows(shelf), visible=True), _shelf_table(shelf),
+            _bars(_shelf_bar_rows(shelf)), _shelf_table(shelf),
             _write_downloads("probe_checkpoints", shelf.to_csv(), data))
 
 
@@ -191,9 +207,7 @@ def build_probe_tab(service: ProbeService, checkpoints: CheckpointProbe) -> None
             sweep_plot = gr.LinePlot(x="merge ratio", y="score", tooltip=["merge ratio", "score"],
                                      title="Score by merge ratio", width=600, height=240, visible=False,
                                      elem_id="uncond_lab_probe_sweep_plot")
-            shelf_plot = gr.BarPlot(x="checkpoint", y="score", vertical=False, tooltip=["checkpoint", "score"],
-                                    title="Score by checkpoint", width=600, height=240, visible=False,
-                                    elem_id="uncond_lab_probe_checkpoints_plot")
+            shelf_plot = gr.BarPlot(visible=False, elem_id="uncond_lab_probe_checkpoints_plot", **BAR_PLOT)
             table = gr.Dataframe(headers=list(LEVEL_COLUMNS), interactive=False, elem_id="uncond_lab_probe_table")
             files = gr.File(label="CSV / JSON", file_count="multiple", interactive=False,
                             elem_id="uncond_lab_probe_files")
@@ -226,7 +240,7 @@ def build_probe_tab(service: ProbeService, checkpoints: CheckpointProbe) -> None
         *merge_controls, names, prediction, flow_shift = rest
         if not names:
             return (*run_probe(prompt_text, seeds_text, level_count, cfg, pixels, reference_name, model_b_name,
-                               *merge_controls, flow=(prediction, flow_shift)), gr.update(visible=False))
+                               *merge_controls, flow=(prediction, flow_shift)), _hidden_bars())
         try:
             if model_b_name not in ("", NO_MERGE, None):
                 raise ProbeError("Uncond Lab probe: probe several checkpoints or a merge, not both: set the merge "
@@ -236,7 +250,7 @@ def build_probe_tab(service: ProbeService, checkpoints: CheckpointProbe) -> None
             summary_text, curves, bars, rows, downloads = run_checkpoints(checkpoints, settings, names, progress)
         except ProbeError as problem:
             return (gr.update(), gr.update(), gr.update(), gr.update(), gr.update(),
-                    f"<p class='error'>{html.escape(str(problem))}</p>", gr.update())
+                    f"<p class='error'>{html.escape(str(problem))}</p>", _hidden_bars())
         return summary_text, curves, gr.update(visible=False), rows, downloads, "", bars
 
     run.click(run_any, inputs=[prompt, seeds, levels, cfg_scale, size, reference, model_b, method, model_c,
