@@ -10,7 +10,8 @@ import torch
 from ldm_patched.modules import model_management
 from ldm_patched.modules import model_sampling as ldm_model_sampling
 from ldm_patched.modules.model_sampling import CONST
-from modules import sd_samplers_common, sd_samplers_kdiffusion, shared
+from modules import sd_models, sd_samplers_common, sd_samplers_kdiffusion, shared
+from modules_forge import main_thread
 
 from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, checked_flow_sigmas, flow_noise_as_ve_noise,
                           rf_sampler_policy, seeded_euler_ancestral_rf)
@@ -93,9 +94,6 @@ def load_checkpoint(info, forced: bool = False):
     load_model: its loaded-model list and sd_checkpoints_limit, its memory cleanup, its VAE rules, the
     on_model_loaded callbacks), on reForge's main thread, which its setting uses too. `forced` tears down and
     reloads a checkpoint that is already loaded. Returns the loaded model; a failure is raised here."""
-    from modules import sd_models
-    from modules_forge import main_thread
-
     outcome: dict = {}
 
     def load():
