@@ -10,7 +10,10 @@ checkpoint files take 2 × 5.13 GB in the temporary folder (--tmp).
 
 Measured in one run, each a median over --reps after one warm-up, ratios alternating 0.3 / 0.7 (never the
 endpoints, which are plain copies):
-  (a) switch  `InPlaceMerge.apply(r)` (weighted sum, A = the live weights, A and B resident beside them).
+  (a) switch  `InPlaceMerge.apply(r)` (weighted sum, A = the live weights), with `--sources resident` (A and B
+              resident beside the weights: placement "device") or `--sources mapped` (no copies: A and B read
+              at each switch from their memory-mapped checkpoint files, which the warm-up leaves in the page
+              cache; placement "mapped").
   (b) floor   the same bytes through a plain loop `torch.lerp(a, b, w, out=p)` over the very same resident
               tensors and parameters. Any exact switch with A and B resident must read A, read B and write
               the parameters: 3 × the model's bytes, which this loop moves in one fused kernel per tensor with
@@ -22,13 +25,16 @@ endpoints, which are plain copies):
               after the warm-up, so no disk time is counted), then `module.load_state_dict(merged)`.
   (c') naive from RAM: the same with A and B already in memory, printed for reference: it isolates what the
               arithmetic and the load cost without the reads (about 3 × the switch on a CPU).
-peak_extra_mb: extra memory one switch needs beyond the resident copies and the parameters: on the CPU the
-  peak resident set size (RSS, sampled every millisecond by a thread, from /proc/self/statm) during one
-  untimed switch minus the RSS just before it; on CUDA `torch.cuda.max_memory_allocated()` minus the
-  allocation before it.
+Memory, after the timings, with a second merge of the same sources prepared from scratch (the process's own
+memory: on the CPU its anonymous resident memory, `RssAnon` in /proc/self/status, sampled every millisecond by a
+thread, so the page cache holding the mapped files does not count; on CUDA the allocator's peak):
+  resident_mb     the peak over prepare() and two switches minus the memory before prepare(): what the merge
+                  holds (the copies, or for mapped only what differs from A's file) plus any transient.
+  peak_extra_mb   the peak during one untimed switch minus the memory just before it.
 
-The last line is exactly `switch/floor=X.XX naive/switch=Y.YY peak_extra_mb=Z`. Goal: switch/floor ≤ 1.5 and
-naive/switch ≥ 10.
+The last line is exactly `switch/floor=X.XX naive/switch=Y.YY peak_extra_mb=Z resident_mb=R`. Goals: resident:
+switch/floor ≤ 1.5 and naive/switch ≥ 10; mapped (files in the page cache): switch/floor ≤ 2.0 and resident_mb
+≤ 2 % of one model copy (printed as `resident/copy`).
 """
 from __future__ import annotations
 
@@ -52,7 +58,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lib_ext.merge import InMemorySource, InPlaceMerge, MergeInputs, MergeRecipe  # noqa: E402
+from lib_ext.merge import InPlaceMerge, MergeRecipe  # noqa: E402
 
 UNET = "model.diffusion_model."
 
@@ -165,15 +171,16 @@ def return_freed_memory_to_the_os() -> bool:
 
 
 class PeakMemory:
-    """Peak extra memory of a block: RSS sampled by a thread (CPU) or the CUDA allocator's peak."""
+    """Peak extra memory of a block: RssAnon sampled by a thread (CPU) or the CUDA allocator's peak."""
 
     def __init__(self, device: torch.device):
         self.device, self.peak_extra = device, 0
 
     @staticmethod
     def rss() -> int:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        """This process's anonymous resident memory (not the file pages it maps)."""
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("RssAnon:"))
 
     def __enter__(self):
         if self.device.type == "cuda":
@@ -241,12 +248,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="--scale 1/32: under a minute on 2 CPU cores")
     parser.add_argument("--scale", type=float, default=None, help="first-dimension scale of every tensor (1 = SDXL)")
+    parser.add_argument("--sources", choices=("resident", "mapped"), default="resident",
+                        help="where the switch reads A and B: resident copies, or the memory-mapped files")
     parser.add_argument("--reps", type=int, default=11, help="timed rounds of (a), (b) and the copy")
     parser.add_argument("--naive-reps", type=int, default=5, help="timed rounds of (c)")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="start no timed round after this many seconds (default: 25 with --quick, else none)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tmp", default=None, help="folder for the two checkpoint files of (c)")
+    parser.add_argument("--tmp", default=None, help="folder for the two checkpoint files")
     args = parser.parse_args(argv)
     scale = args.scale if args.scale is not None else (1 / 32 if args.quick else 1.0)
     device = torch.device(args.device)
@@ -256,8 +265,8 @@ def main(argv=None) -> None:
     numel = sum(math.prod(s) for s in shapes.values())
     model_bytes = numel * 2
     gb = model_bytes / 1e9
-    print(f"device {device} ({torch.get_num_threads()} CPU threads), scale {scale:g}: {len(shapes)} tensors, "
-          f"{numel:,} fp16 parameters, {gb:.3f} GB per copy")
+    print(f"device {device} ({torch.get_num_threads()} CPU threads), scale {scale:g}, sources {args.sources}: "
+          f"{len(shapes)} tensors, {numel:,} fp16 parameters, {gb:.3f} GB per copy")
 
     start = time.perf_counter()
     module = torch.nn.Module()
@@ -265,32 +274,31 @@ def main(argv=None) -> None:
     for i, (key, tensor) in enumerate(synthetic(shapes, 0, device).items()):
         live[key] = torch.nn.Parameter(tensor, requires_grad=False)
         module.register_parameter(f"p{i}", live[key])
-    model_a = {k: p.detach() for k, p in live.items()}
+    clean_a = {k: p.detach().clone() for k, p in live.items()}  # A's weights (the live ones get overwritten)
     model_b = synthetic(shapes, 1, device)
-    recipe = MergeRecipe("weighted_sum", "A (synthetic)", "B (synthetic)")
-    inputs = MergeInputs(InMemorySource(model_a, "A"), InMemorySource(model_b, "B"))
-    merge = InPlaceMerge(recipe, live, inputs=inputs, placement="device")
-    merge.prepare()  # A: a copy of the live weights; B: the source tensors themselves (same device and dtype)
-    resident = merge.resident()  # {key: (A, B)}
-    print(f"setup {time.perf_counter() - start:.1f} s; resident: {merge.estimate().resident_bytes / 1e9:.3f} GB")
-
-    # (b) the floor: the same fused lerp over the same tensors, nothing else
-    def floor_pass(r: float) -> None:
-        for key, (a, b) in resident.items():
-            torch.lerp(a, b, r, out=live[key])
-
-    def copy_pass(r: float) -> None:
-        for key, (a, _) in resident.items():
-            live[key].copy_(a)
-
-    # (c) naive: the merged state dict from the checkpoint files, then load_state_dict; (c') from RAM
-    names = {key: f"p{i}" for i, key in enumerate(live)}
-    clean_a = {key: a for key, (a, _) in resident.items()}  # A's weights (the live ones get overwritten)
     files = contextlib.ExitStack()
     folder = files.enter_context(tempfile.TemporaryDirectory(prefix="merge_switch_", dir=args.tmp))
     paths = {"A": os.path.join(folder, "a.safetensors"), "B": os.path.join(folder, "b.safetensors")}
     save_file({k: t.cpu() for k, t in clean_a.items()}, paths["A"])
     save_file({k: t.cpu() for k, t in model_b.items()}, paths["B"])
+    recipe = MergeRecipe("weighted_sum", paths["A"], paths["B"])
+    placement = "device" if args.sources == "resident" else "mapped"
+    merge = InPlaceMerge(recipe, live, placement=placement)
+    merge.prepare()  # resident: A a copy of the live weights, B read from its file; mapped: A's file checked
+    print(f"setup {time.perf_counter() - start:.1f} s; held by the merge: {merge.resident_bytes() / 1e9:.3f} GB "
+          f"({merge.placement_used})")
+
+    # (b) the floor: the same fused lerp over A and B in memory, nothing else
+    def floor_pass(r: float) -> None:
+        for key, a in clean_a.items():
+            torch.lerp(a, model_b[key], r, out=live[key])
+
+    def copy_pass(r: float) -> None:
+        for key, a in clean_a.items():
+            live[key].copy_(a)
+
+    # (c) naive: the merged state dict from the checkpoint files, then load_state_dict; (c') from RAM
+    names = {key: f"p{i}" for i, key in enumerate(live)}
     file_a = files.enter_context(safe_open(paths["A"], framework="pt", device=str(device)))
     file_b = files.enter_context(safe_open(paths["B"], framework="pt", device=str(device)))
 
@@ -308,15 +316,20 @@ def main(argv=None) -> None:
                                          "naive": args.naive_reps, "naive_ram": args.naive_reps}, device,
                                   args.budget_s if args.budget_s is not None else (25.0 if args.quick else math.inf))
     switch, floor, copy, naive, naive_ram = (medians[name] for name in runs)
+    merge.close()
 
-    # memory, after the timings (which ran with the allocator's default reuse of freed memory)
+    # memory, after the timings (which ran with the allocator's default reuse of freed memory): a second merge
+    # of the same sources, prepared from scratch
     exact_rss = return_freed_memory_to_the_os()
-    merge.apply(0.3)
-    with PeakMemory(device) as peak:  # (a) once more, untimed
-        merge.apply(0.45)
+    gc.collect()
+    merge = InPlaceMerge(recipe, live, placement=placement)
+    with PeakMemory(device) as held:
+        merge.prepare()
+        merge.apply(0.3)
+        with PeakMemory(device) as peak:  # (a) once more, untimed
+            merge.apply(0.45)
     with PeakMemory(device) as naive_peak:
         naive_pass(0.45)
-
     merge.close()
     files.close()
     gc.collect()
@@ -330,15 +343,16 @@ def main(argv=None) -> None:
     print(line("copy", copy, 2) + ", the raw bandwidth, for reference")
     print(line("naive", naive, 3) + ", from the files, plus its temporaries and load_state_dict's copy")
     print(line("naive_ram", naive_ram, 3) + f", from RAM: naive_ram/switch={naive_ram / switch:.2f}")
-    print(f"peak extra memory: switch {peak.peak_extra / 2 ** 20:.1f} MiB, "
-          f"naive {naive_peak.peak_extra / 2 ** 20:.0f} MiB "
-          f"(its merged state dict alone: {model_bytes / 2 ** 20:.0f} MiB)"
+    resident_mb = max(0, held.peak_extra) / 2 ** 20
+    print(f"memory: the merge held {resident_mb:.1f} MiB at its peak (prepare and two switches; "
+          f"resident/copy={resident_mb * 2 ** 20 / model_bytes:.4f}), one switch {peak.peak_extra / 2 ** 20:.1f} MiB, "
+          f"naive {naive_peak.peak_extra / 2 ** 20:.0f} MiB (its merged state dict alone: {model_bytes / 2 ** 20:.0f} MiB)"
           + ("" if exact_rss or device.type == "cuda" else "; glibc mallopt unavailable: RSS deltas may hide reuse"))
     print(f"best rounds: switch/floor={medians['switch_min'] / medians['floor_min']:.2f} "
           f"naive/switch={medians['naive_min'] / medians['switch_min']:.2f} (a machine shared with other jobs makes "
           "rounds vary; the last line uses the medians)")
     print(f"switch/floor={switch / floor:.2f} naive/switch={naive / switch:.2f} "
-          f"peak_extra_mb={max(0, peak.peak_extra) / 2 ** 20:.0f}")
+          f"peak_extra_mb={max(0, peak.peak_extra) / 2 ** 20:.0f} resident_mb={resident_mb:.0f}")
 
 
 if __name__ == "__main__":

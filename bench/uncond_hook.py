@@ -1,7 +1,7 @@
 """What Uncond Lab's per-step hook costs: sampling time with the extension enabled vs disabled, measured in the
 same run on a real model in a running WebUI, and the text-encoder calls it adds per generation.
 
-    python bench/uncond_hook.py --url http://127.0.0.1:7860 --model uncondlab-tiny-sdxl-a [--steps 30 --rounds 12]
+    python bench/uncond_hook.py --url http://127.0.0.1:7860 --model uncondlab-vega-sdxl-a [--steps 30 --rounds 12]
 
 The WebUI must run with `--api` and Uncond Lab installed. The enabled runs use a zero weight of 0.5 over the
 whole schedule, so the hook restores te("") and blends at every denoiser call (its most expensive path). Runs

@@ -53,7 +53,10 @@ class ShelfRow:
 
     @property
     def score(self) -> float | None:
-        return None if self.result is None else self.result.score
+        """The probe's score; None without a result or when an Interrupt left no level to average."""
+        if self.result is None or not math.isfinite(self.result.score):
+            return None
+        return self.result.score
 
     def summary(self) -> dict[str, Any]:
         """The row as `SHELF_COLUMNS`."""
@@ -133,8 +136,9 @@ def probe_shelf(entries: Sequence[ShelfEntry], probe_one: Callable[[ShelfEntry],
                 clock: Callable[[], float] = time.monotonic) -> ShelfProbe:
     """Probe each entry with `probe_one(entry) -> (result, cached)` (it loads the checkpoint when needed).
 
-    An exception from `probe_one` becomes that row's error and the run goes on; when `interrupted()` is true
-    after a row (or made `probe_one` fail), the run stops there and the rest is listed in `not_probed`.
+    An exception from `probe_one` becomes that row's error and the run goes on; a result marked `interrupted`
+    (the levels finished before an Interrupt) is kept with the error "interrupted"; when `interrupted()` is true
+    after a row, the run stops there and the rest is listed in `not_probed`.
     `on_model(index, total, entry, eta)` is called before each row."""
     rows: list[ShelfRow] = []
     timings: list[float] = []
@@ -144,7 +148,8 @@ def probe_shelf(entries: Sequence[ShelfEntry], probe_one: Callable[[ShelfEntry],
         start = clock()
         try:
             result, cached = probe_one(entry)
-            row = ShelfRow(entry.title, entry.hash, result, cached=cached, seconds=clock() - start)
+            error = INTERRUPTED if result.interrupted else None  # the levels finished before it, kept
+            row = ShelfRow(entry.title, entry.hash, result, error=error, cached=cached, seconds=clock() - start)
         except Exception as error:  # noqa: BLE001  (reported in its row; the other checkpoints still run)
             message = INTERRUPTED if interrupted() else _error_text(error)
             row = ShelfRow(entry.title, entry.hash, error=message, seconds=clock() - start)

@@ -259,13 +259,14 @@ def test_base_file_keeps_live_values_for_restore(paths):
 
 # --- targets -------------------------------------------------------------------------------------------
 
-def test_files_released_after_prepare_and_reopened(paths, tmp_path):
-    """The engine holds no file once the copies are resident (Windows users can move B); a new prepare()
-    after close() reads the files again and checks them again."""
+@pytest.mark.parametrize("placement", ["device", "mapped"])
+def test_files_released_after_prepare_and_reopened(paths, tmp_path, placement):
+    """With resident copies the engine holds no file once prepared (Windows users can move B); mapped, it holds
+    them until close(). A new prepare() after close() reads the files again and checks them again."""
     model = live_model()
-    merge = InPlaceMerge(ws(paths), model)
+    merge = InPlaceMerge(ws(paths), model, placement=placement)
     merge.prepare()
-    assert not hasattr(merge.inputs.b, "_file")
+    assert hasattr(merge.inputs.b, "_file") == (placement == "mapped")
     merge.apply(1.0)
     merge.close()
     write_checkpoint(paths["b"], C)  # B changed on disk meanwhile
@@ -364,7 +365,7 @@ def test_estimate_memory_sdxl_unet_figure():
 
 def test_engine_estimate(paths):
     model = live_model()
-    merge = InPlaceMerge(ws(paths), model)
+    merge = InPlaceMerge(ws(paths), model, placement="device")
     numel = sum(v.numel() for k, v in model.items() if classify_key(k) in ("unet", "te"))
     assert merge.estimate().resident_bytes == 2 * 2 * numel
     assert merge.estimate().staging_bytes == 0  # CPU targets: no staging

@@ -206,3 +206,25 @@ def test_update_messages():
         "Uncond Lab: merge ratio 0.5 applied in 0.03 s (UNet 0.5, text encoders 0.5)"
     assert MergeUpdate("restored", {"unet": None}, 0.2).message() == \
         "Uncond Lab: merge restored in 0.20 s (UNet original)"
+
+
+def test_placement_for_the_hosts_setting():
+    from lib_ext.merge.session import SOURCES_AUTO, SOURCES_MAPPED, SOURCES_RESIDENT, placement_for
+    assert placement_for(SOURCES_AUTO, low_vram=False) == "auto"
+    assert placement_for(SOURCES_AUTO, low_vram=True) == "mapped"  # --medvram/--lowvram: no copies on the GPU
+    assert placement_for(SOURCES_RESIDENT, low_vram=False) == "device"
+    assert placement_for(SOURCES_RESIDENT, low_vram=True) == "cpu"
+    assert placement_for(SOURCES_MAPPED, low_vram=False) == "mapped"
+
+
+def test_another_placement_prepares_again_and_the_log_says_where_from(paths):
+    model, lines = live_model(), []
+    host = FakeHost(model)
+    sessions = MergeSessions(log=lines.append)
+    sessions.sync("k", ws(paths, unet_ratio=0.5), lambda: host, placement="mapped")
+    assert "read from the memory-mapped files at each switch; 0.00 GB kept in RAM" in lines[0]
+    updates = sessions.sync("k", ws(paths, unet_ratio=0.5), lambda: host, placement="device")
+    assert kinds(updates) == ["restored", "prepared", "applied"]
+    assert "of copies resident (device)" in lines[-2]
+    sessions.close()
+    assert_holds(model, A)

@@ -100,6 +100,24 @@ def test_interrupt_during_a_probe_marks_that_row():
     assert [row.error for row in shelf.rows] == [ps.INTERRUPTED] and len(shelf.not_probed) == 2
 
 
+def test_a_probe_stopped_by_an_interrupt_keeps_its_levels_and_ends_the_run():
+    flag = {"on": False}
+
+    def probe_one(entry):
+        flag["on"] = True
+        null = torch.tensor([[[0.0, 1.0]]])
+        partial = pr.probe(constant_denoiser, COND, null, [0.5, 1.0, 2.0], pr.ve_noising, SETTINGS,
+                           should_stop=lambda: True)  # stopped before its first UNet call
+        return partial, False
+
+    shelf = ps.probe_shelf(entries(*SHELF), probe_one, interrupted=lambda: flag["on"])
+    [row] = shelf.rows
+    assert row.error == ps.INTERRUPTED and row.result.interrupted and row.score is None
+    assert shelf.interrupted and len(shelf.not_probed) == 2
+    data = json.loads(json.dumps(shelf.to_dict(), allow_nan=False))
+    assert data["columns"]["score"] == [None] and data["results"][0]["interrupted"] is True
+
+
 def test_progress_and_eta_from_the_rows_done_cached_ones_excluded():
     times = iter([0.0, 10.0, 10.0, 10.0, 10.0, 30.0])  # 10 s, cached (0 s), 20 s
     calls = []

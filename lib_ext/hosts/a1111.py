@@ -14,7 +14,7 @@ from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, checked_flow_sigmas,
 from lib_ext.hosts.webui_state import drop_cached_conds
 from lib_ext.merge import MergeTargetError
 from lib_ext.merge import live as merge_live
-from lib_ext.merge.session import MergeSessions
+from lib_ext.merge.session import SOURCES_AUTO, MergeSessions, placement_for
 from lib_ext.probe import flow_noising, ve_noising
 from lib_ext.uncond import discrete_percent_to_sigma
 
@@ -158,6 +158,8 @@ def _flow_noised(sample_img2img):
 # they are restored); _ModelHost is what A1111 needs around each write (lib_ext/merge/live.py).
 
 MERGE_SESSIONS = MergeSessions(log=lambda line: print(line, flush=True))
+# A WebUI setting: where A and B are read from at a ratio change (resident copies or the mapped files).
+MERGE_SOURCES_OPTION = "uncond_lab_merge_sources"
 
 
 def _checkpoint_keys(path: str) -> frozenset[str]:
@@ -220,7 +222,8 @@ def sync_merge(p, resolved) -> None:
         MERGE_SESSIONS.sync(None, None, lambda: None)
         return
     recipe = resolved.recipe
-    placement = "cpu" if getattr(sd_model, "lowvram", False) else "auto"  # --medvram/--lowvram: keep VRAM free
+    placement = placement_for(getattr(shared.opts, MERGE_SOURCES_OPTION, SOURCES_AUTO),
+                              low_vram=getattr(sd_model, "lowvram", False))  # --medvram/--lowvram: keep VRAM free
     updates = MERGE_SESSIONS.sync(resolved.key, recipe,
                                   lambda: _ModelHost(sd_model, _checkpoint_keys(recipe.model_a)), placement=placement)
     if any(update.kind != "prepared" and "te" in update.ratios for update in updates):
@@ -253,6 +256,6 @@ def merge_status() -> dict:
     session = MERGE_SESSIONS.current
     if session is None:
         return {"applied": {}, "resident_bytes": 0}
-    resident = sum(a.nbytes + b.nbytes for a, b in session.merge.resident().values())
-    return {"applied": session.merge.applied, "resident_bytes": resident,
+    return {"applied": session.merge.applied, "resident_bytes": session.merge.resident_bytes(),
+            "placement": session.merge.placement_used,
             "recipe": session.merge.recipe.to_dict()}

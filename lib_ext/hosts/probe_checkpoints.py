@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 from modules import shared
 
 from lib_ext.hosts import common, host
-from lib_ext.hosts.probe_service import ProbeService, _variant
+from lib_ext.hosts.probe_service import ProbeService, _variant, interrupted
 from lib_ext.probe import ProbeCache, ProbeError, ProbeResult, ProbeSettings
 from lib_ext.probe_shelf import (CheckpointKey, ShelfEntry, ShelfProbe, checkpoint_names, probe_shelf,
                                  progress_text, resident_mb, shelf_order)
@@ -106,7 +106,8 @@ class CheckpointProbe:
                     failed_loads.append(info.title)
                     raise RuntimeError(f"Uncond Lab probe: {info.title} did not load (see the console)")
             result, cached = self.service.run(settings)
-            self.cache.put(key, result)
+            if not result.interrupted:  # the levels an Interrupt left are no answer to keep
+                self.cache.put(key, result)
             return result, cached
 
         def progress(index: int, total: int, entry: ShelfEntry, eta: float | None) -> None:
@@ -118,8 +119,7 @@ class CheckpointProbe:
                 on_model(index, total, entry, eta)
 
         try:
-            shelf = probe_shelf(entries, probe_one, interrupted=lambda: bool(shared.state.interrupted),
-                                on_model=progress)
+            shelf = probe_shelf(entries, probe_one, interrupted=interrupted, on_model=progress)
         finally:
             self._load_again(original, bool(failed_loads))
         gc.collect()

@@ -22,10 +22,6 @@ log = logging.getLogger("uncond_lab")
 MAX_ROWS_PER_CALL = 8  # latents per UNet call: 12 rows of a 1024² SDXL latent do not fit every GPU
 
 
-class ProbeInterrupted(RuntimeError):
-    pass
-
-
 def _encode(sd_model, text: str, width: int, height: int):
     """One encoding (batch 1) exactly as the WebUI encodes a prompt; never zeroed (not a negative prompt)."""
     with torch.no_grad(), devices.autocast():
@@ -87,7 +83,8 @@ class ProbeService:
 
     def _probe(self, sd_model, settings: ProbeSettings, recipe: str | None,
                on_level: Callable[[int, int], None] | None) -> tuple[ProbeResult, bool]:
-        denoise, sigma_table, noising, flow = _probed_model(sd_model, settings)
+        with torch.no_grad():  # reForge loads the UNet here, computing a merge's weight patches
+            denoise, sigma_table, noising, flow = _probed_model(sd_model, settings)
         key = ProbeKey.for_table(model_identity(sd_model), recipe, settings, sigma_table.cpu(),
                                  _variant(sd_model) + flow)
         cached = self.cache.get(key)
@@ -100,15 +97,18 @@ class ProbeService:
         pooled_width = common.text_pooled_width(sd_model) if common.is_dict_cond_model(sd_model) else 0
 
         def progress(done: int, total: int) -> None:
-            if shared.state.interrupted:
-                raise ProbeInterrupted("Uncond Lab probe: interrupted")
             shared.state.sampling_step, shared.state.sampling_steps = done, total
             if on_level is not None:
                 on_level(done, total)
 
         with torch.no_grad():
             result = probe(denoise, cond, null, sigma_table.cpu(), noising, settings, pooled_width,
-                           max_rows=MAX_ROWS_PER_CALL, device=devices.device, on_level=progress)
+                           max_rows=MAX_ROWS_PER_CALL, device=devices.device, on_level=progress,
+                           should_stop=interrupted)
+        if result.interrupted:
+            log.warning("Uncond Lab probe: interrupted after %d of %d noise levels (%d UNet calls)",
+                        len(result.sigmas), settings.levels, result.unet_calls)
+            return result, False
         self.cache.put(key, result)
         log.info("Uncond Lab probe: score %.4f in %d UNet calls (%d rows)", result.score, result.unet_calls,
                  result.unet_rows)
@@ -125,6 +125,12 @@ def _probed_model(sd_model, settings: ProbeSettings):
         return (*host.probe_flow_model(sd_model, settings.shift, DEFAULT_MULTIPLIER),
                 f";flow shift={settings.shift};multiplier={DEFAULT_MULTIPLIER}")
     return (*host.probe_model(sd_model), "")
+
+
+def interrupted() -> bool:
+    """The WebUI's Interrupt (its buttons, the tab's, POST /sdapi/v1/interrupt) or Skip/stop for this job."""
+    state = shared.state
+    return bool(state.interrupted or getattr(state, "stopping_generation", False))
 
 
 def model_identity(sd_model) -> str:
@@ -212,8 +218,6 @@ def register_api(app, service: ProbeService, checkpoints=None) -> None:
                 result, cached = service.run(settings, merge)
         except ProbeError as error:
             raise HTTPException(status_code=409 if "no model" in str(error) else 422, detail=str(error)) from error
-        except ProbeInterrupted as error:
-            raise HTTPException(status_code=409, detail=str(error)) from error
         return result_json(result, cached, merge)
 
     app.add_api_route("/uncond-lab/v1/probe", probe_route, methods=["POST"])

@@ -8,9 +8,10 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
+from modules import shared
 
 from lib_ext.hosts.probe_checkpoints import CheckpointProbe, loaded_title
-from lib_ext.hosts.probe_service import ProbeInterrupted, ProbeService, merge_request, result_json, sweep_json
+from lib_ext.hosts.probe_service import ProbeService, merge_request, result_json, sweep_json
 from lib_ext.hosts.webui_state import webui_job
 from lib_ext.hosts.ui import NO_MERGE, TE_FOLLOWS, TE_RATIO_CHOICES, checkpoint_choices
 from lib_ext.probe import (DEFAULT_PROBE_PROMPT, LEVEL_COLUMNS, SWEEP_COLUMNS, ProbeError, ProbeResult,
@@ -43,9 +44,15 @@ def _plot_rows(result: ProbeResult):
                          for sigma, value in zip(result.sigmas, getattr(result, metric))])
 
 
+def _interrupted_note(interrupted: bool, what: str) -> str:
+    return f"**Interrupted**: {what}  \n" if interrupted else ""
+
+
 def _summary(result: ProbeResult, cached: bool) -> str:
     embedding = ", ".join(f"{key} {value:.4g}" for key, value in result.embedding.items())
-    return (f"**Score {result.score:.4f}** (mean relative change of the CFG prediction when the zero uncond "
+    levels = f"the first {len(result.sigmas)} of {result.settings.levels} noise levels"
+    return (_interrupted_note(result.interrupted, levels) +
+            f"**Score {result.score:.4f}** (mean relative change of the CFG prediction when the zero uncond "
             f"replaces te(\"\"); 0 = no dependence)  \n"
             f"Cost: {result.unet_calls} UNet calls, {result.unet_rows} latents{' (cached)' if cached else ''}  \n"
             f"te(\"\"): {embedding}")
@@ -59,9 +66,14 @@ def _write_downloads(stem: str, csv_text: str, data: dict) -> list[str]:
     return [str(folder / f"{stem}.csv"), str(folder / f"{stem}.json")]
 
 
+def _rounded(value):
+    """A table cell for reading: floats to 4 significant digits (the CSV and JSON keep every digit)."""
+    return float(f"{value:.4g}") if isinstance(value, float) else value
+
+
 def _table(rows: list[dict], columns: tuple[str, ...]):
     import pandas as pd
-    return pd.DataFrame([[row[c] for c in columns] for row in rows], columns=list(columns))
+    return pd.DataFrame([[_rounded(row[c]) for c in columns] for row in rows], columns=list(columns))
 
 
 def _sweep_plot_rows(sweep: RatioSweep):
@@ -81,7 +93,8 @@ def _sweep_level_rows(sweep: RatioSweep):
 def _sweep_summary(sweep: RatioSweep, cached: list[bool]) -> str:
     scores = ", ".join(f"r={ratio:g}: {result.score:.4f}" for ratio, result in zip(sweep.ratios, sweep.results))
     calls = sum(result.unet_calls for result, hit in zip(sweep.results, cached) if not hit)
-    return (f"**Score by merge ratio** {scores}  \n"
+    return (_interrupted_note(sweep.interrupted, f"{len(sweep.ratios)} ratios probed, the last one in part") +
+            f"**Score by merge ratio** {scores}  \n"
             f"Cost: {calls} UNet calls ({sum(cached)} of {len(cached)} ratios from the cache)")
 
 
@@ -198,7 +211,9 @@ def build_probe_tab(service: ProbeService, checkpoints: CheckpointProbe) -> None
                     te_ratio = gr.Dropdown(TE_RATIO_CHOICES, value=TE_FOLLOWS, allow_custom_value=True,
                                            label="Text-encoder ratio", elem_id="uncond_lab_probe_merge_te_ratio")
                 refresh = gr.Button("Refresh the checkpoint lists", elem_id="uncond_lab_probe_merge_refresh")
-            run = gr.Button("Probe", variant="primary", elem_id="uncond_lab_probe_run")
+            with gr.Row():
+                run = gr.Button("Probe", variant="primary", elem_id="uncond_lab_probe_run")
+                interrupt = gr.Button("Interrupt", elem_id="uncond_lab_probe_interrupt")
         with gr.Column(scale=2):
             summary = gr.Markdown(elem_id="uncond_lab_probe_summary")
             plot = gr.LinePlot(x="log10 sigma", y="value", color="metric", tooltip=["sigma", "metric", "value"],
@@ -223,7 +238,7 @@ def build_probe_tab(service: ProbeService, checkpoints: CheckpointProbe) -> None
                     sweep, cached = service.sweep(settings, merge, sweep_ratios)
                 else:
                     sweep, (result, cached) = None, service.run(settings, merge)
-        except (ProbeError, ProbeInterrupted) as problem:
+        except ProbeError as problem:
             return (gr.update(), gr.update(), gr.update(), gr.update(), gr.update(),
                     f"<p class='error'>{html.escape(str(problem))}</p>")
         if sweep is not None:
@@ -256,5 +271,6 @@ def build_probe_tab(service: ProbeService, checkpoints: CheckpointProbe) -> None
     run.click(run_any, inputs=[prompt, seeds, levels, cfg_scale, size, reference, model_b, method, model_c,
                                te_ratio, ratios, shelf_models, rf, shift],
               outputs=[summary, plot, sweep_plot, table, files, error, shelf_plot])
+    interrupt.click(lambda: shared.state.interrupt(), inputs=[], outputs=[])
     refresh.click(lambda: [gr.update(choices=checkpoint_choices())] * 2 + [gr.update(choices=checkpoint_choices()[1:])],
                   inputs=[], outputs=[model_b, model_c, shelf_models])

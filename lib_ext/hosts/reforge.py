@@ -10,6 +10,7 @@ import torch
 from ldm_patched.modules import model_management
 from ldm_patched.modules import model_sampling as ldm_model_sampling
 from ldm_patched.modules.model_sampling import CONST
+from ldm_patched.modules.weight_adapter import WeightAdapterBase
 from modules import sd_models, sd_samplers_common, sd_samplers_kdiffusion, shared
 from modules_forge import main_thread
 
@@ -17,7 +18,7 @@ from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, checked_flow_sigmas,
                           rf_sampler_policy, seeded_euler_ancestral_rf)
 from lib_ext.hosts.webui_state import drop_cached_conds
 from lib_ext.merge import MergeTargetError
-from lib_ext.merge.patches import PATCH_SET, PatchMerge, widest_dtype, with_wrapped_aliases
+from lib_ext.merge.patches import PatchMerge, with_wrapped_aliases
 from lib_ext.probe import flow_noising, ve_noising
 
 log = logging.getLogger("uncond_lab")
@@ -269,55 +270,67 @@ def _restoring_model_sampling(run):
 # --- merge: weight patches on clones of reForge's patchers (lib_ext/merge/patches.py) -----------------------
 # reForge resets `sd_model.forge_objects` from `forge_objects_after_applying_lora` at every batch and pass, and
 # puts the unpatched weights back itself whenever another patch set is loaded: the merge is undone per run and
-# a LoRA's patches stack on top of ours. What is kept between generations is only the differences (one
-# PatchMerge, dropped when a generation asks for no merge or the model changes).
-# Each patched clone gets a patches_uuid that depends only on (the base patcher's patches, our patches): when
-# the next X/Y/Z cell asks for the same ratio, reForge sees the weights already patched and does nothing, so a
-# sweep costs one weight update per distinct ratio.
+# a LoRA's patches stack on top of ours. What is kept between generations is one _PatchSession: the inputs,
+# memory-mapped, and a weight adapter per merged weight that computes the merge when reForge patches it (nothing
+# is read before, nothing resident after), dropped when a generation asks for no merge or the model changes.
+# Each patched clone gets a patches_uuid that depends only on (the base patcher's patches, the ratio): when the
+# next X/Y/Z cell asks for the same ratio, reForge sees the weights already patched and does nothing, so a sweep
+# costs one weight update per distinct ratio.
 
 UNET_PREFIX, UNET_PATCH_PREFIX, VAE_PREFIX = "model.diffusion_model.", "diffusion_model.", "first_stage_model."
 CLONE_MARK = "uncond_lab_merge_clone"
+MERGE_SOURCES_OPTION = None  # no setting: the patches always read the mapped files
 
 
 def _log(line: str) -> None:
     print(line, flush=True)
 
 
+class _MergeAdapter(WeightAdapterBase):
+    """A patch reForge asks for the patched weight (R ldm_patched/modules/lora.py calculate_weight): ours merges
+    its float32 working copy, the patch strength being the merge ratio."""
+    name = "uncond_lab_merge"
+
+    def __init__(self, patch):
+        self.patch, self.loaded_keys, self.weights = patch, set(), []
+
+    def calculate_weight(self, weight, key, strength, strength_model, offset, function,
+                         intermediate_dtype=torch.float32, original_weight=None):
+        return self.patch.merge_into(weight, strength)
+
+
 class _PatchSession:
-    """The differences of one merge on one loaded model, their reForge key names, and the patch-set ids."""
+    """One merge on one loaded model: its mapped inputs, the adapters per part, and the patch-set ids."""
 
     def __init__(self, key: tuple, recipe, sd_model):
         self.key = key
-        objects = sd_model.forge_objects
-        dtypes = {"unet": widest_dtype(objects.unet.model.parameters())}
-        if getattr(objects, "clip", None) is not None:
-            dtypes["te"] = widest_dtype(objects.clip.cond_stage_model.parameters())
-        if recipe.include_vae and getattr(objects, "vae", None) is not None:
-            dtypes["vae"] = widest_dtype(objects.vae.first_stage_model.parameters())
         start = time.perf_counter()
-        self.merge = PatchMerge(recipe, dtypes)
-        self.merge.prepare()
-        self.model_config = objects.unet.model.model_config
-        self._converted: dict[tuple, dict] = {}
+        self.merge = PatchMerge(recipe)
+        self.model_config = sd_model.forge_objects.unet.model.model_config
+        self._adapters: dict[str, dict] = {}
         self._uuids: dict[tuple, uuid.UUID] = {}
-        _log(f"Uncond Lab: merge prepared in {time.perf_counter() - start:.2f} s "
-             f"({self.merge.resident_bytes() / 1e9:.2f} GB of differences, groups {', '.join(self.merge.groups)})")
+        _log(f"Uncond Lab: merge prepared in {time.perf_counter() - start:.2f} s (groups "
+             f"{', '.join(self.merge.groups)}; read from the memory-mapped files when reForge patches the weights)")
 
-    def converted(self, group: str, kind: str, tensors: dict) -> dict:
-        """Checkpoint keys → the keys of reForge's patcher for that part (its own conversion for the text
-        encoders: OpenCLIP's fused in_proj becomes q/k/v slices, SDXL's text_projection is transposed)."""
-        if (group, kind) not in self._converted:
-            if group == "unet":
-                out = {UNET_PATCH_PREFIX + k[len(UNET_PREFIX):]: t for k, t in tensors.items()}
-            elif group == "vae":
-                out = {k[len(VAE_PREFIX):]: t for k, t in tensors.items()}
-            else:
-                out = self.model_config.process_clip_state_dict(dict(tensors))
-            self._converted[(group, kind)] = out
-        return self._converted[(group, kind)]
+    def adapters(self, group: str, patcher) -> dict:
+        """{reForge key: adapter} for a part, made once: its keys are reForge's own (its conversion for the text
+        encoders: OpenCLIP's fused in_proj becomes q/k/v slices, SDXL's text_projection is transposed), each
+        weight merged in its own live dtype."""
+        if group not in self._adapters:
+            live = {key: tensor.dtype for key, tensor in patcher.model.state_dict().items()}
+            patches = self.merge.file_patches(group, live, self._conversion(group))
+            self._adapters[group] = with_wrapped_aliases({k: _MergeAdapter(p) for k, p in patches.items()}, live)
+        return self._adapters[group]
 
-    def patch_set_id(self, base_uuid, group: str, kind: str, ratio: float) -> uuid.UUID:
-        key = (base_uuid, group, kind, ratio)
+    def _conversion(self, group: str):
+        if group == "unet":
+            return lambda tensors: {UNET_PATCH_PREFIX + k[len(UNET_PREFIX):]: t for k, t in tensors.items()}
+        if group == "vae":
+            return lambda tensors: {k[len(VAE_PREFIX):]: t for k, t in tensors.items()}
+        return lambda tensors: self.model_config.process_clip_state_dict(dict(tensors))
+
+    def patch_set_id(self, base_uuid, group: str, ratio: float) -> uuid.UUID:
+        key = (base_uuid, group, ratio)
         if key not in self._uuids:
             self._uuids[key] = uuid.uuid4()
             PATCHES.our_uuids.add(self._uuids[key])
@@ -325,7 +338,7 @@ class _PatchSession:
 
     def close(self) -> None:
         self.merge.close()
-        self._converted.clear()
+        self._adapters.clear()
 
 
 class _PatchState:
@@ -333,24 +346,23 @@ class _PatchState:
     our_uuids: set = set()  # every patch-set id we made (a few per ratio): tells our patches from others'
 
 
-PATCHES = _PatchState()  # module-level: the differences outlive a generation (a sweep reuses them)
+PATCHES = _PatchState()  # module-level: the session outlives a generation (a sweep reuses it)
 
 
 def _patched_clone(session: _PatchSession, base, group: str, ratio: float):
     """A clone of `base` (UnetPatcher, CLIP or VAE) with the merge's patches first in each key's list; None when
-    the ratio needs no patch."""
-    kind, tensors = session.merge.patches(group, ratio)
-    if kind is None:
+    the ratio needs no patch (0: model A)."""
+    if ratio == 0.0:
         return None
+    session.merge.check_unchanged()
     clone = base.clone()
     if hasattr(base, "patcher"):  # CLIP/VAE.clone() miss attributes added after them (VAE.disable_offload)
         for name, value in vars(base).items():
             if not hasattr(clone, name):
                 setattr(clone, name, value)
     patcher = getattr(clone, "patcher", clone)
-    converted = with_wrapped_aliases(session.converted(group, kind, tensors), patcher.model.state_dict().keys())
-    entries = {key: ("set", (t,)) if kind == PATCH_SET else (t,) for key, t in converted.items()}
-    accepted = patcher.add_patches(entries, strength_patch=1.0 if kind == PATCH_SET else ratio, strength_model=1.0)
+    entries = session.adapters(group, patcher)
+    accepted = patcher.add_patches(entries, strength_patch=ratio, strength_model=1.0)
     if group == "unet" and len(accepted) != len(entries):
         missing = sorted(set(entries) - set(accepted))[:3]
         raise MergeTargetError(f"reForge's UNet has no weight for {len(entries) - len(accepted)} merged keys, "
@@ -358,7 +370,7 @@ def _patched_clone(session: _PatchSession, base, group: str, ratio: float):
     for key in accepted:  # ours first, so that a LoRA's patches apply on top of the merge
         patches = patcher.patches[key]
         patches.insert(0, patches.pop())
-    patcher.patches_uuid = session.patch_set_id(getattr(base, "patcher", base).patches_uuid, group, kind, ratio)
+    patcher.patches_uuid = session.patch_set_id(getattr(base, "patcher", base).patches_uuid, group, ratio)
     setattr(clone, CLONE_MARK, True)
     return clone
 
@@ -481,5 +493,5 @@ def merge_status() -> dict:
     session = PATCHES.session
     if session is None:
         return {"applied": {}, "resident_bytes": 0}
-    return {"applied": {}, "resident_bytes": session.merge.resident_bytes(),
+    return {"applied": {}, "resident_bytes": 0, "placement": "mapped",
             "recipe": session.merge.recipe.to_dict()}

@@ -2,15 +2,15 @@
 
     recipe.py             MergeRecipe: method, models A/B[/C], ratios per group (UNet, text encoders, VAE)
     keys.py               which group a checkpoint key belongs to; prediction-type marker keys
-    sources.py            lazy safetensors inputs and the compatibility check (MergePlan)
+    sources.py            memory-mapped safetensors inputs and the compatibility check (MergePlan)
     ops.py                the arithmetic, exact at the endpoints
     inplace.py            InPlaceMerge: a ratio change as one fused pass over live tensors; exact restore
     safetensors_stream.py a bounded-memory safetensors writer
     save.py               'Save this merge': metadata, safe names, never overwrite
     cli.py                `python -m lib_ext.merge`
-    session.py            MergeSessions: the resident copies kept between generations; when they are restored
+    session.py            MergeSessions: one merge kept between generations; when it is restored
     live.py               A1111's live tensors by checkpoint key (hijack wrappers, Lora backups, fp8 caches)
-    patches.py            reForge: a merge as weight patches on its model patchers
+    patches.py            reForge: a merge as weight patches computed from the mapped files
     sweep.py              the tab's sweep: ratio/CFG/uncond lists in the X/Y/Z syntax, grid layout
 See README.md in this folder for the memory each option needs.
 """

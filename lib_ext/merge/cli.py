@@ -12,7 +12,7 @@ from lib_ext.merge.save import (DEFAULT_CHUNK_ELEMENTS, OUTPUT_DTYPES, PEAK_BYTE
 from lib_ext.merge.sources import MergeInputError, MergeInputs
 
 EPILOG = """\
-memory: inputs are read lazily (safetensors safe_open) and each tensor is merged and written a range of rows
+memory: inputs are read lazily (memory-mapped safetensors) and each tensor is merged and written a range of rows
 at a time, so the peak extra memory is bounded by about {per} bytes x --chunk-elements ({mib} MiB at the
 default {default}), whatever the model size, on top of the Python/torch baseline. The inputs are memory-mapped;
 the OS page cache they occupy is reclaimable and not counted.

@@ -10,6 +10,18 @@ time, for hosts that move modules between devices, e.g. A1111 --medvram); the en
             ...generate...                         # the host drops its text-encoder caches if 'te' in changed
                                                    # exit (also on an exception or Ctrl-C): restore() + free
 
+Where A and B come from at a switch (`placement`):
+    "device"  resident copies beside each live tensor (the fast path: a GPU ratio change in milliseconds)
+    "cpu"     resident copies in RAM, computed there and copied to the device through a staging buffer
+    "mapped"  no copies: A, B (and C) are read at every switch from their memory-mapped .safetensors files,
+              cast to the live dtype as the host loaded them, and the result written into the live tensor.
+              The OS page cache holds the files while RAM allows and drops them when it does not (no swap, no
+              out-of-memory). Restore reads A's file too; prepare() checks once, tensor by tensor, that the
+              live value is A's file value after that cast, and keeps a copy (in RAM) only of the weights where
+              it is not (a baked-in LoRA, an override): `resident_bytes()` says how much that was.
+    "auto"    "device" when the live tensors are on a GPU with room for the copies, else "mapped".
+The values written are the same whatever the placement, bit for bit (same operands, same kernels, same device).
+
 Resident copies, per merged parameter, in the compute dtype (the live dtype; float16 for float8 storage):
     weighted sum      A and B                 ratio r: lerp(A, B, r) → param; r = 0 copies A, r = 1 copies B
     add difference    A and D = B - C         ratio r: A + r·D → param;       r = 0 copies A
@@ -54,7 +66,7 @@ from lib_ext.merge.sources import MergeInputs, MergePlan, plan_merge
 
 Targets = Union[Mapping[str, torch.Tensor], Callable[[], Mapping[str, torch.Tensor]]]
 
-PLACEMENTS = ("auto", "device", "cpu")
+PLACEMENTS = ("auto", "device", "cpu", "mapped")
 BASES = ("live", "file")
 COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 DEFAULT_DEVICE_RESERVE = 2 * 1024 ** 3  # what placement="auto" leaves free on the device for inference
@@ -104,12 +116,16 @@ def estimate_memory(tensors: Iterable[Any], method: str, *, difference_dtype: to
 
 @dataclass
 class _Slot:
-    """The resident tensors of one parameter."""
+    """The resident tensors of one parameter (placement "mapped": None where the files provide them)."""
     key: str
     shape: torch.Size
-    base: torch.Tensor               # A: what ratio 0 writes
-    other: torch.Tensor              # B or D
+    live_dtype: torch.dtype
+    base: torch.Tensor | None        # A: what ratio 0 writes
+    other: torch.Tensor | None       # B or D
     original: torch.Tensor | None    # the live values at prepare(), where `base` is not their bit copy
+
+    def resident_bytes(self) -> int:
+        return sum(t.nbytes for t in (self.base, self.other, self.original) if t is not None)
 
 
 class InPlaceMerge:
@@ -122,8 +138,9 @@ class InPlaceMerge:
       applied (call `apply(..., force=True)` after someone did).
     inputs: opened sources; by default the recipe's files are opened, and closed once prepare() has read them.
     placement: "device" keeps the resident copies beside each live tensor, "cpu" in RAM (a switch computes on
-      the CPU into a staging buffer, then copies to the device), "auto" picks "device" when the device has
-      room for them plus `device_reserve_bytes`.
+      the CPU into a staging buffer, then copies to the device), "mapped" keeps none and reads the files at
+      each switch (see the module doc), "auto" picks "device" when the live tensors are on a GPU with room
+      for the copies plus `device_reserve_bytes`, else "mapped".
     base: "live" (A = the live weights at prepare()) or "file" (A read from its file); see the module doc.
     difference_dtype: add difference only; None = the compute dtype, or torch.float32.
     """
@@ -153,6 +170,7 @@ class InPlaceMerge:
         handed_over = {self.plan.group_of(key) for key in live}
         self.groups: tuple[str, ...] = tuple(g for g in self.plan.groups if g in handed_over)
         self._slots: dict[str, list[_Slot]] = {}
+        self.placement_used: str | None = None  # what "auto" chose, once prepared
         self._state: dict[str, object] = {g: None for g in self.groups}  # None: originals; a float: that ratio
         self._staging: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -191,28 +209,25 @@ class InPlaceMerge:
     # --- memory ---------------------------------------------------------------------------------------
 
     def estimate(self) -> MemoryEstimate:
-        """What prepare() will hold for these targets; staging counted when a switch may need it (a target off
-        the CPU unless placement="device", float8 storage)."""
+        """What prepare() holds for these targets with resident copies ("device" or "cpu"; "mapped" holds only the
+        weights that differ from A's file); staging counted when a switch may need it (a target off the CPU
+        unless placement="device", float8 storage)."""
         live = self._resolve()
         staged = any((t.device.type != "cpu" and self.placement != "device") or compute_dtype_for(t.dtype) != t.dtype
                      for t in live.values())
         return estimate_memory(live.values(), self.recipe.method, difference_dtype=self.difference_dtype,
                                base=self.base, staged=staged)
 
-    def _resident_device(self, live: Mapping[str, torch.Tensor]) -> Callable[[torch.Tensor], torch.device]:
-        if self.placement == "cpu":
-            return lambda t: torch.device("cpu")
-        if self.placement == "device":
-            return lambda t: t.device
+    def _choose_placement(self, live: Mapping[str, torch.Tensor]) -> str:
+        if self.placement != "auto":
+            return self.placement
         on_device = [t for t in live.values() if t.device.type == "cuda"]
-        if on_device:
-            device = on_device[0].device
-            need = estimate_memory(on_device, self.recipe.method, difference_dtype=self.difference_dtype,
-                                   base=self.base).resident_bytes
-            free, _total = torch.cuda.mem_get_info(device)
-            if need + self.device_reserve_bytes > free:
-                return lambda t: torch.device("cpu")
-        return lambda t: t.device
+        if not on_device:
+            return "mapped"  # copies "beside" CPU weights are copies in RAM: the very memory a user lacks
+        need = estimate_memory(on_device, self.recipe.method, difference_dtype=self.difference_dtype,
+                               base=self.base).resident_bytes
+        free, _total = torch.cuda.mem_get_info(on_device[0].device)
+        return "device" if need + self.device_reserve_bytes <= free else "mapped"
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -229,13 +244,17 @@ class InPlaceMerge:
             self._inputs_closed = False
             self.plan = plan_merge(self.recipe, self.inputs)
         live = self._resolve()
-        device_of = self._resident_device(live)
+        placement = self._choose_placement(live)
+        load = self._map_slot if placement == "mapped" else self._load_slot
+        cpu = torch.device("cpu")
         slots: dict[str, list[_Slot]] = {g: [] for g in self.groups}
         with torch.no_grad():  # nothing is written to the targets here: an error leaves them as they were
             for key, tensor in live.items():
-                slots[self.plan.group_of(key)].append(self._load_slot(key, tensor, device_of(tensor)))
-        self._slots = slots
-        self._close_inputs()  # everything needed is resident: release the files (Windows can then move them)
+                device = cpu if placement == "cpu" else tensor.device
+                slots[self.plan.group_of(key)].append(load(key, tensor, device))
+        self._slots, self.placement_used = slots, placement
+        if placement != "mapped":
+            self._close_inputs()  # everything needed is resident: release the files (Windows can then move them)
 
     def _load_slot(self, key: str, tensor: torch.Tensor, device: torch.device) -> _Slot:
         dtype = compute_dtype_for(tensor.dtype)
@@ -246,12 +265,20 @@ class InPlaceMerge:
             base = self.inputs.a.tensor(key).to(device=device, dtype=dtype)
             if not bits_equal(base.to(tensor.dtype), tensor.detach().to(device)):
                 original = tensor.detach().to(device=device, copy=True)
-        if self.recipe.method == WEIGHTED_SUM:
-            other = self.inputs.b.tensor(key).to(device=device, dtype=dtype)
-        else:
-            difference = self.inputs.b.tensor(key).float() - self.inputs.c.tensor(key).float()
-            other = difference.to(device=device, dtype=self.difference_dtype or dtype)
-        return _Slot(key, tensor.shape, base, other, original)
+        c = self.inputs.c.tensor(key) if self.inputs.c is not None else None
+        other = merge_operand(self.recipe.method, self.inputs.b.tensor(key), c, device, dtype, self.difference_dtype)
+        return _Slot(key, tensor.shape, tensor.dtype, base, other, original)
+
+    def _map_slot(self, key: str, tensor: torch.Tensor, device: torch.device) -> _Slot:
+        """Mapped: nothing resident, unless the live value is not A's file value as the host casts it (then
+        that live value is kept in RAM: as A with base="live", as what restore() writes with base="file")."""
+        live = tensor.detach()
+        if bits_equal(_as_loaded(self.inputs.a.view(key), live.dtype, live.device), live):
+            return _Slot(key, tensor.shape, tensor.dtype, None, None, None)
+        if self.base == "live":
+            return _Slot(key, tensor.shape, tensor.dtype, live.to("cpu", compute_dtype_for(live.dtype), copy=True),
+                         None, None)
+        return _Slot(key, tensor.shape, tensor.dtype, None, None, live.to("cpu", copy=True))
 
     def close(self) -> None:
         """Restore the originals, then free the resident copies (and the inputs the engine opened, if still open)."""
@@ -274,9 +301,9 @@ class InPlaceMerge:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def resident(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """{key: (A, B or D)} as held after prepare(); read-only, for diagnostics and benchmarks."""
-        return {slot.key: (slot.base, slot.other) for slots in self._slots.values() for slot in slots}
+    def resident_bytes(self) -> int:
+        """Bytes of the copies held since prepare() (mapped: only the live values that differ from A's file)."""
+        return sum(slot.resident_bytes() for slots in self._slots.values() for slot in slots)
 
     # --- switching ------------------------------------------------------------------------------------
 
@@ -316,10 +343,12 @@ class InPlaceMerge:
         with torch.no_grad():
             for group in self.groups:
                 ratio, state = ratios[group], self._state[group]
-                if not force and (state == ratio or (state is None and ratio == 0.0 and self._zero_is_original(group))):
+                a_in_place = state is None and self._zero_is_original(group)
+                if not force and (state == ratio or (a_in_place and ratio == 0.0)):
                     continue
+                self._check_files()
                 self._state[group] = _DIRTY
-                self._write_group(group, ratio, targets)
+                self._write_group(group, ratio, targets, a_in_place)
                 self._state[group] = ratio
                 changed.add(group)
         return frozenset(changed)
@@ -341,10 +370,12 @@ class InPlaceMerge:
             for group in self.groups:
                 if self._state[group] is None:
                     continue
+                self._check_files()
                 self._state[group] = _DIRTY
                 for slot in self._slots[group]:
                     target = self._checked_target(targets, slot)
-                    target.copy_(slot.original if slot.original is not None else slot.base)
+                    original = slot.original if slot.original is not None else slot.base
+                    target.copy_(original if original is not None else self._a_as_loaded(slot, target.device))
                 self._state[group] = None
                 changed.add(group)
         return frozenset(changed)
@@ -371,9 +402,24 @@ class InPlaceMerge:
                                    f"prepared for {list(slot.shape)}")
         return target
 
-    def _write_group(self, group: str, ratio: float, targets: Mapping[str, torch.Tensor]) -> None:
-        """One pass over a group's parameters. The hot loop of a switch: keep it lean (≈ 1680 tensors, SDXL)."""
+    def _check_files(self) -> None:
+        """Mapped: A's file is what restore() reads; a file rewritten in place would restore other values."""
+        if self.placement_used == "mapped":
+            for source in self.inputs.by_role().values():
+                source.check_unchanged()
+
+    def _a_as_loaded(self, slot: _Slot, device: torch.device) -> torch.Tensor:
+        """A's file value as the host loaded it: the live value at prepare() (checked there, bit for bit)."""
+        return _as_loaded(self.inputs.a.view(slot.key), slot.live_dtype, device)
+
+    def _write_group(self, group: str, ratio: float, targets: Mapping[str, torch.Tensor], a_in_place: bool) -> None:
+        """One pass over a group's parameters. The hot loop of a switch: keep it lean (≈ 1680 tensors, SDXL).
+        a_in_place: the live tensors hold A (the originals): a mapped switch need not read A's file."""
         write = weighted_sum_into if self.recipe.method == WEIGHTED_SUM else add_difference_into
+        if self.placement_used == "mapped":
+            for slot in self._slots[group]:
+                self._write_from_files(slot, self._checked_target(targets, slot), ratio, write, a_in_place)
+            return
         endpoint = ratio == 0.0 or (ratio == 1.0 and self.recipe.method == WEIGHTED_SUM)
         for slot in self._slots[group]:
             target = self._checked_target(targets, slot)
@@ -387,6 +433,23 @@ class InPlaceMerge:
                 write(buffer, base, slot.other, ratio)
                 target.copy_(buffer)
 
+    def _write_from_files(self, slot: _Slot, target: torch.Tensor, ratio: float, write, a_in_place: bool) -> None:
+        """Mapped: the same operands as the resident copies would be (A as loaded, B cast to the compute dtype,
+        D = B − C in float32 then rounded), read from the files onto the target's device, written into it."""
+        dtype, device = compute_dtype_for(slot.live_dtype), target.device
+        if slot.base is not None:
+            a = _on(slot.base, device, dtype)
+        elif a_in_place and target.dtype == dtype:
+            a = target  # lerp / add read and write it element by element
+        else:
+            a = _on(self._a_as_loaded(slot, device), device, dtype)
+        c = self.inputs.c.view(slot.key) if self.inputs.c is not None else None
+        other = merge_operand(self.recipe.method, self.inputs.b.view(slot.key), c, device, dtype, self.difference_dtype)
+        out = target if target.dtype == dtype else torch.empty(slot.shape, device=device, dtype=dtype)
+        write(out, a, other, ratio)
+        if out is not target:
+            target.copy_(out)  # float8 storage: one cast, as from the resident copies
+
     def _staging_buffer(self, slot: _Slot, target_device: torch.device) -> torch.Tensor:
         """One reusable buffer per (device, dtype), as large as the largest resident tensor there."""
         device, dtype = slot.base.device, slot.base.dtype
@@ -399,3 +462,25 @@ class InPlaceMerge:
                 buffer = buffer.pin_memory()  # page-locked: the host → device copy runs at full PCIe speed
             self._staging[(device, dtype)] = buffer
         return buffer[:slot.base.numel()].view(slot.shape)
+
+
+def merge_operand(method: str, b: torch.Tensor, c: torch.Tensor | None, device: torch.device, dtype: torch.dtype,
+                  difference_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """What a merge combines with A, on `device`: B in the compute dtype (weighted sum), or D = B − C computed in
+    float32 and rounded once to `difference_dtype or dtype` (add difference). Every placement and host uses this,
+    so that they all write the same bits."""
+    if method == WEIGHTED_SUM:
+        return _on(b, device, dtype)
+    difference = _on(b, device, torch.float32) - _on(c, device, torch.float32)
+    return _on(difference, device, difference_dtype or dtype)
+
+
+def _as_loaded(stored: torch.Tensor, live_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A file's tensor as a host loads it: moved, then cast to the live dtype (float16/bfloat16/float8 casts
+    round to nearest, the same on every device); no copy when it already is that."""
+    return _on(_on(stored, device, stored.dtype), device, live_dtype)
+
+
+def _on(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """tensor.to(device, dtype), skipping the call when it is a no-op (a switch makes thousands of them)."""
+    return tensor if tensor.dtype == dtype and tensor.device == device else tensor.to(device=device, dtype=dtype)

@@ -1,63 +1,68 @@
-"""A merge as weight patches for reForge's ModelPatcher (ComfyUI semantics): exact at both endpoints, undone per
-run by reForge itself, composing with LoRA.
+"""A merge as weight patches for reForge's ModelPatcher: computed from the memory-mapped files when reForge applies
+them, nothing resident, undone per run by reForge itself, composing with LoRA.
 
-reForge applies a patcher's patches when it loads the model, in float32 from the unpatched weight `w`, then
-casts back to the weight's dtype (R ldm_patched/modules/model_patcher.py patch_weight_to_device,
-ldm_patched/modules/lora.py calculate_weight):
+reForge applies a patcher's patches when it loads the model, to a float32 working copy of the unpatched weight,
+then casts back to the weight's dtype (R ldm_patched/modules/model_patcher.py patch_weight_to_device,
+ldm_patched/modules/lora.py calculate_weight). A patch may be a weight adapter object, asked for the patched
+weight with the patch's strength: the host wraps each `FilePatch` in one (lib_ext/hosts/reforge.py), with the
+merge ratio as the strength. Per ratio r:
 
-    ("diff", D) at strength s     w ← w + s·D
-    ("set", T)                    w ← T
+    r = 0     no patch (model A)
+    else      FilePatch: weighted sum  lerp(w, B, r)          (r = 1 copies B)
+                         add difference  w + r·(B − C)
 
 The patches sit on a clone of the patcher that reForge replaces at the next batch or pass, and reForge puts the
 unpatched weights back (its backup) whenever another patch set is loaded. So nothing is restored by hand, and a
-LoRA's patches apply on top of ours (the host puts ours first in each key's list). Per ratio r:
+LoRA's patches apply on top of ours (the host puts ours first in each key's list).
 
-    weighted sum     r = 0: no patch (model A)    r = 1: ("set", B)    otherwise ("diff", B − A) at r
-    add difference   r = 0: no patch (model A)                         otherwise ("diff", B − C) at r
+Exactness: the operands, kernels and dtype are InPlaceMerge's (A1111): A and B in the live dtype (float16 for
+float8 storage), D = B − C in float32 rounded to it, torch.lerp / torch.add computed in that dtype and widened
+into reForge's working copy, which reForge's cast back returns exactly. So every ratio gives A1111's weights bit
+for bit (tested), r = 0 is A and r = 1 (weighted sum) B as reForge would load them.
 
-Exactness: r = 0 is A and r = 1 (weighted sum) is B, bit for bit, as reForge would load them (B's file cast to
-the live dtype). In between, w + r·D (D rounded once to the difference dtype, then one multiply and one add)
-follows the same formula as torch.lerp, which save_merge and the A1111 engine use, but lerp fuses the
-multiply-add: at r = 0.5 the two agree bit for bit wherever B − A is exact in the difference dtype (by
-Sterbenz's lemma wherever A and B have the same sign and are within a factor of 2, which is most weights of two
-fine-tunes; for float16 values and a float32 difference, wherever neither is over 2^12 times the other);
-elsewhere they may differ by one unit in the last place.
-
-Memory: D for every merged key in the difference dtype (the live dtype, float16 for float8 storage; float32 for
-an exact r = 0.5 with float16 models, at twice the memory), plus B's tensors once ratio 1 is asked for (weighted
-sum). reForge itself keeps a backup of each patched weight while the patches are loaded (one more copy).
+Memory: none resident. The patches hold views of the mapped files (the OS page cache holds their pages while RAM
+allows); a switch reads B (and C) of each weight as reForge patches it. reForge itself keeps a backup of each
+patched weight while the patches are loaded (one copy of the patched groups; its own business).
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 
-from lib_ext.merge.inplace import compute_dtype_for
+from lib_ext.merge.inplace import compute_dtype_for, merge_operand
+from lib_ext.merge.ops import add_difference_into, weighted_sum_into
 from lib_ext.merge.recipe import WEIGHTED_SUM, MergeRecipe
-from lib_ext.merge.sources import MergeInputs, MergePlan, SafetensorsSource, TensorSource, plan_merge
-
-PATCH_SET, PATCH_DIFF = "set", "diff"
+from lib_ext.merge.sources import MergeInputs, MergePlan, plan_merge
 
 
-def patch_kind(method: str, ratio: float) -> str | None:
-    """The patch that puts a group at `ratio`: None (nothing, model A), "set" (weighted sum at 1) or "diff"."""
-    if ratio == 0.0:
-        return None
-    if method == WEIGHTED_SUM and ratio == 1.0:
-        return PATCH_SET
-    return PATCH_DIFF
+class FilePatch:
+    """One weight's merge, computed only when the host applies it, from views of the mapped B (and C)."""
+    __slots__ = ("method", "b", "c", "live_dtype")
+
+    def __init__(self, method: str, b: torch.Tensor, c: torch.Tensor | None, live_dtype: torch.dtype):
+        self.method, self.b, self.c, self.live_dtype = method, b, c, live_dtype
+
+    def merge_into(self, weight: torch.Tensor, ratio: float) -> torch.Tensor:
+        """`weight` (A as loaded, in the live dtype or wider: reForge's float32 working copy) ← the merge at
+        `ratio`, computed in the live dtype as InPlaceMerge computes it; in place, returns `weight`."""
+        with torch.no_grad():  # the host's working copy may come from a parameter that requires grad
+            return self._merge_into(weight, ratio)
+
+    def _merge_into(self, weight: torch.Tensor, ratio: float) -> torch.Tensor:
+        dtype, device = compute_dtype_for(self.live_dtype), weight.device
+        a = weight if weight.dtype == dtype else weight.to(dtype)  # exact: the working copy holds A as loaded
+        write = weighted_sum_into if self.method == WEIGHTED_SUM else add_difference_into
+        write(a, a, merge_operand(self.method, self.b, self.c, device, dtype), ratio)
+        if a is not weight:
+            weight.copy_(a)  # widening: the host's cast back gives these bits again
+        return weight
 
 
 class PatchMerge:
-    """The tensors a merge's patches need, read once from the files: D per merged key, B on demand.
+    """A merge's inputs, mapped and checked, handing out FilePatches per group. Nothing is read into memory."""
 
-    group_dtypes: {group: live dtype} for the groups to patch (others are ignored); D is kept in that dtype (or
-    float8's compute dtype) unless `difference_dtype` is given.
-    """
-
-    def __init__(self, recipe: MergeRecipe, group_dtypes: Mapping[str, torch.dtype], *,
-                 inputs: MergeInputs | None = None, difference_dtype: torch.dtype | None = None):
+    def __init__(self, recipe: MergeRecipe, *, inputs: MergeInputs | None = None):
         self.recipe = recipe
         self._owns_inputs = inputs is None
         self.inputs = MergeInputs.open(recipe) if inputs is None else inputs
@@ -66,79 +71,30 @@ class PatchMerge:
         except BaseException:
             self.close()
             raise
-        self.group_dtypes = {g: compute_dtype_for(d) for g, d in group_dtypes.items() if g in self.plan.groups}
-        self.difference_dtype = difference_dtype
-        self._differences: dict[str, dict[str, torch.Tensor]] = {}
-        self._endpoints: dict[str, dict[str, torch.Tensor]] = {}
 
     @property
     def groups(self) -> tuple[str, ...]:
-        return tuple(self.group_dtypes)
+        return self.plan.groups
 
-    @property
-    def prepared(self) -> bool:
-        return bool(self._differences)
+    def file_patches(self, group: str, live_dtypes: Mapping[str, torch.dtype],
+                     convert: Callable[[dict], dict] = dict) -> dict[str, FilePatch]:
+        """{host key: FilePatch} for a group's weights. `convert` maps {checkpoint key: tensor} to the host's
+        keys (reForge: its own text-encoder conversion, which slices and transposes views without reading
+        them); live_dtypes: {host key: the loaded weight's dtype} (float32 for a key the host lacks)."""
+        keys = self.plan.keys_of(group)
+        b = convert({key: self.inputs.b.view(key) for key in keys})
+        c = convert({key: self.inputs.c.view(key) for key in keys}) if self.inputs.c is not None else {}
+        return {key: FilePatch(self.recipe.method, tensor, c.get(key), live_dtypes.get(key, torch.float32))
+                for key, tensor in b.items()}
 
-    def prepare(self) -> None:
-        """Compute D = B − A (weighted sum) or B − C (add difference) for every merged key, key by key."""
-        if self.prepared:
-            return
-        other = self.inputs.a if self.recipe.method == WEIGHTED_SUM else self.inputs.c
-        differences: dict[str, dict[str, torch.Tensor]] = {}
-        with torch.no_grad():
-            for group, dtype in self.group_dtypes.items():
-                stored = self.difference_dtype or dtype
-                differences[group] = {key: self._difference(key, other, dtype).to(stored)
-                                      for key in self.plan.keys_of(group)}
-        self._differences = differences
-        if self._owns_inputs:
-            self.inputs.close()  # B is reopened if ratio 1 is asked for
-
-    def _difference(self, key: str, other: TensorSource, dtype: torch.dtype) -> torch.Tensor:
-        """B − other in float32, each side first cast to the live dtype (the values reForge would load)."""
-        b = self.inputs.b.tensor(key).to(dtype).float()
-        return b.sub_(other.tensor(key).to(dtype).float())
-
-    def differences(self, group: str) -> dict[str, torch.Tensor]:
-        self.prepare()
-        return self._differences[group]
-
-    def endpoint(self, group: str) -> dict[str, torch.Tensor]:
-        """B's tensors of a group in the live dtype (the "set" patch of a weighted sum at ratio 1)."""
-        if group not in self._endpoints:
-            dtype = self.group_dtypes[group]
-            source, opened = self.inputs.b, None
-            if self._owns_inputs:
-                source = opened = SafetensorsSource(self.recipe.model_b)
-            try:
-                self._endpoints[group] = {key: source.tensor(key).to(dtype) for key in self.plan.keys_of(group)}
-            finally:
-                if opened is not None:
-                    opened.close()
-        return self._endpoints[group]
-
-    def patches(self, group: str, ratio: float) -> tuple[str | None, dict[str, torch.Tensor]]:
-        """(kind, {checkpoint key: tensor}) for a group at `ratio`; kind None means no patch."""
-        kind = patch_kind(self.recipe.method, ratio)
-        if kind is None:
-            return None, {}
-        return kind, self.endpoint(group) if kind == PATCH_SET else self.differences(group)
-
-    def resident_bytes(self) -> int:
-        return sum(t.nbytes for held in (self._differences, self._endpoints)
-                   for tensors in held.values() for t in tensors.values())
+    def check_unchanged(self) -> None:
+        """Raise if an input was rewritten in place (the patches would read other values)."""
+        for source in self.inputs.by_role().values():
+            source.check_unchanged()
 
     def close(self) -> None:
-        self._differences, self._endpoints = {}, {}
         if self._owns_inputs:
             self.inputs.close()
-
-
-def widest_dtype(tensors: Iterable[torch.Tensor]) -> torch.dtype:
-    """The widest floating dtype among a model's weights (reForge keeps e.g. the token embedding in float32 beside
-    float16 text-encoder layers): D and B are kept in it, so that every weight gets its exact value."""
-    dtypes = {t.dtype for t in tensors if t.is_floating_point()}
-    return max(dtypes, key=lambda d: d.itemsize) if dtypes else torch.float32
 
 
 def with_wrapped_aliases(tensors: Mapping[str, torch.Tensor], live_keys) -> dict[str, torch.Tensor]:
@@ -155,13 +111,10 @@ def with_wrapped_aliases(tensors: Mapping[str, torch.Tensor], live_keys) -> dict
     return out
 
 
-def reforge_weight(weight: torch.Tensor, patches: Iterable[tuple[float, str, torch.Tensor]]) -> torch.Tensor:
-    """What reForge computes for one weight from (strength, kind, tensor) patches: float32, then cast back
-    (calculate_weight's "diff" and "set" branches; a stand-in for tests and documentation)."""
+def reforge_weight(weight: torch.Tensor, patch: FilePatch | None, ratio: float) -> torch.Tensor:
+    """What reForge computes for one weight with our patch (a stand-in for tests and documentation): a float32
+    working copy, the adapter's result, then the cast back."""
     w = weight.to(torch.float32, copy=True)
-    for strength, kind, tensor in patches:
-        if kind == PATCH_SET:
-            w.copy_(tensor)
-        else:
-            w += strength * tensor.to(w.dtype)
+    if patch is not None:
+        w = patch.merge_into(w, ratio)
     return w.to(weight.dtype)

@@ -32,6 +32,9 @@ from lib_ext.merge.keys import GROUP_LABELS
 from lib_ext.merge.recipe import MergeRecipe
 
 FINGERPRINT_TENSORS = 3     # per group: first, middle and last key
+# The host's setting for where A and B are read from at a switch (lib_ext/merge/inplace.py, `placement`).
+SOURCES_AUTO, SOURCES_RESIDENT, SOURCES_MAPPED = "Automatic", "Resident copies", "Memory-mapped files"
+SOURCES_CHOICES = (SOURCES_AUTO, SOURCES_RESIDENT, SOURCES_MAPPED)
 FINGERPRINT_ELEMENTS = 32   # per tensor, evenly strided
 
 
@@ -74,6 +77,16 @@ class MergeUpdate:
         return f"Uncond Lab: merge prepared in {self.seconds:.2f} s ({self.detail})"
 
 
+def placement_for(sources: str, low_vram: bool) -> str:
+    """InPlaceMerge's placement for the host's setting. Low-VRAM modes keep the GPU free for inference: resident
+    copies go to RAM there, and "Automatic" reads the files."""
+    if sources == SOURCES_MAPPED or (sources != SOURCES_RESIDENT and low_vram):
+        return "mapped"
+    if sources == SOURCES_RESIDENT:
+        return "cpu" if low_vram else "device"
+    return "auto"
+
+
 def fingerprint(values: Mapping[str, torch.Tensor], keys: Iterable[str]) -> tuple:
     """A few evenly spaced elements of each tensor, as raw bits (plus dtype and shape): changes when a file is
     loaded over the tensor, costs a few small copies."""
@@ -99,7 +112,7 @@ class MergeSession:
 
     def __init__(self, key: Hashable, recipe: MergeRecipe, host: SessionHost, *, placement: str = "auto",
                  merge_factory: Callable[..., InPlaceMerge] = InPlaceMerge):
-        self.key, self.host = key, host
+        self.key, self.host, self.placement = key, host, placement
         self.merge = merge_factory(recipe, host.targets, placement=placement)
         self._prints: dict[str, tuple] = {}
         self._print_keys: dict[str, list[str]] = {}
@@ -136,10 +149,7 @@ class MergeSession:
             self.merge.prepare()
             plan = self.merge.plan
             self._print_keys = {g: _spread(plan.keys_of(g)) for g in self.merge.groups}
-            resident = sum(a.nbytes + b.nbytes for a, b in self.merge.resident().values())
-            devices = sorted({str(a.device) for a, _ in self.merge.resident().values()})
-            updates.append(MergeUpdate("prepared", {}, time.perf_counter() - start,
-                                       detail=f"{resident / 1e9:.2f} GB resident on {', '.join(devices)}"))
+            updates.append(MergeUpdate("prepared", {}, time.perf_counter() - start, detail=self.describe_memory()))
         else:
             self.host.before_write(pending)
         start = time.perf_counter()
@@ -151,6 +161,16 @@ class MergeSession:
         updates.append(MergeUpdate("applied", {g: applied[g] for g in self.merge.groups if g in pending},
                                    time.perf_counter() - start, unet_ratio=recipe.unet_ratio))
         return updates
+
+    def describe_memory(self) -> str:
+        """What the merge holds, for the console: the resident copies, or the mapped files and the weights kept
+        because they differ from A's file."""
+        merge = self.merge
+        held = f"{merge.resident_bytes() / 1e9:.2f} GB"
+        if merge.placement_used == "mapped":
+            return (f"read from the memory-mapped files at each switch; {held} kept in RAM for weights that differ "
+                    "from model A's file")
+        return f"{held} of copies resident ({merge.placement_used})"
 
     def restore(self) -> list[MergeUpdate]:
         """Put the original weights back, bit for bit, where this session changed them."""
@@ -207,8 +227,8 @@ class MergeSessions:
         updates: list[MergeUpdate] = []
         try:
             session = self.current
-            if session is not None and (recipe is None or session.key != key or not session.host.alive()
-                                        or session.overwritten()):
+            if session is not None and (recipe is None or session.key != key or session.placement != placement
+                                        or not session.host.alive() or session.overwritten()):
                 updates += self.close(log=False)
             if recipe is not None:
                 if self.current is None and any(r != 0.0 for r in recipe.group_ratios().values()):

@@ -1,12 +1,18 @@
 """Merge inputs read lazily, key by key, and the compatibility check that turns them into a merge plan.
 
 A source exposes its tensor specs (from the safetensors header: no tensor is read) and reads one tensor, or a
-range of its rows, on demand, so memory stays bounded by what the caller holds at once.
+range of its rows, on demand, so memory stays bounded by what the caller holds at once. `view(key)` gives a
+tensor without reading it into this process's memory at all: a read-only window on the memory-mapped file, whose
+pages the OS page cache holds while RAM allows and drops when it does not (the mapped merge placement).
 """
 from __future__ import annotations
 
+import json
 import math
+import mmap
 import os
+import struct
+import warnings
 from dataclasses import dataclass
 from typing import Mapping, Protocol
 
@@ -59,15 +65,21 @@ class TensorSource(Protocol):
 
     def rows(self, key: str, start: int, stop: int) -> torch.Tensor: ...
 
+    def view(self, key: str) -> torch.Tensor: ...
+
+    def check_unchanged(self) -> None: ...
+
     def close(self) -> None: ...
 
 
 class SafetensorsSource:
-    """A .safetensors checkpoint opened with `safe_open(..., device="cpu")`: specs now, tensors on demand."""
+    """A .safetensors checkpoint, memory-mapped read-only: specs from its header now, tensors on demand.
+
+    `view()` is the stored tensor itself (no copy); `tensor()` and `rows()` copy it into this process's memory.
+    The mapping is shared and read-only, so it costs the page cache, not the process's own (anonymous) memory.
+    """
 
     def __init__(self, path: str | os.PathLike):
-        from safetensors import safe_open
-
         self.path = os.fspath(path)
         self.name = os.path.basename(self.path)
         if not self.path.lower().endswith(".safetensors"):
@@ -76,31 +88,89 @@ class SafetensorsSource:
         if not os.path.isfile(self.path):
             raise MergeInputError(f"checkpoint '{self.path}' does not exist")
         try:
-            self._file = safe_open(self.path, framework="pt", device="cpu")
-            self.metadata: Mapping[str, str] = dict(self._file.metadata() or {})
-            specs = {}
-            for key in self._file.keys():
-                view = self._file.get_slice(key)
-                dtype = SAFETENSORS_DTYPES.get(view.get_dtype())
-                if dtype is None:
-                    raise MergeInputError(f"'{self.path}': tensor '{key}' has dtype {view.get_dtype()}, "
-                                          f"not one of {', '.join(SAFETENSORS_DTYPES)}")
-                specs[key] = TensorSpec(key, dtype, tuple(view.get_shape()))
-        except MergeInputError:
-            raise
-        except Exception as error:  # safetensors raises its own SafetensorError on a bad header
+            self._file = _MappedFile(self.path)
+        except (OSError, ValueError, KeyError, TypeError, struct.error) as error:
             raise MergeInputError(f"cannot read '{self.path}' as safetensors: {error}") from error
-        self.specs: Mapping[str, TensorSpec] = specs
+        self.metadata: Mapping[str, str] = self._file.metadata
+        self.specs: Mapping[str, TensorSpec] = self._file.specs
+        self._views: dict[str, torch.Tensor] = {}
+
+    def view(self, key: str) -> torch.Tensor:
+        """The stored tensor without a copy: a view of the mapped file (made once per key: a switch asks for
+        every weight's). Read it, never write to it."""
+        view = self._views.get(key)
+        if view is None:
+            view = self._views[key] = self._file.view(self.specs[key])
+        return view
 
     def tensor(self, key: str) -> torch.Tensor:
-        return self._file.get_tensor(key)
+        return self.view(key).clone()
 
     def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of the first dimension, reading only those bytes."""
-        return self._file.get_slice(key)[start:stop]
+        return self.view(key)[start:stop].clone()
+
+    def check_unchanged(self) -> None:
+        """Raise if the file was rewritten in place since it was opened: its values may no longer be the ones
+        checked then. A file replaced by another (a rename) does not matter: the mapping keeps the old one."""
+        if self._file.rewritten():
+            raise MergeInputError(f"checkpoint '{self.path}' was rewritten on disk while it was merged from; "
+                                  "reload the checkpoint")
 
     def close(self) -> None:
-        self.__dict__.pop("_file", None)  # safe_open unmaps the file when the handle is collected
+        self.__dict__.pop("_file", None)  # unmapped once the views still in use are gone too
+        self._views = {}
+
+
+class _MappedFile:
+    """The safetensors format: 8 bytes of little-endian header length, a JSON header {key: {dtype, shape,
+    data_offsets}, "__metadata__": {...}}, then the data (offsets relative to its start)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        with open(path, "rb") as file:
+            self._identity = _identity(os.fstat(file.fileno()))
+            size = self._identity[2]
+            (header_length,) = struct.unpack("<Q", file.read(8))
+            if header_length > size - 8:
+                raise ValueError(f"header length {header_length} exceeds the file's {size} bytes")
+            header = json.loads(file.read(header_length))
+            self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        self.metadata = dict(header.pop("__metadata__", None) or {})
+        self.specs: dict[str, TensorSpec] = {}
+        self.offsets: dict[str, int] = {}
+        for key, entry in header.items():
+            dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+            if dtype is None:
+                raise ValueError(f"tensor '{key}' has dtype {entry['dtype']}, not one of {', '.join(SAFETENSORS_DTYPES)}")
+            spec = TensorSpec(key, dtype, tuple(int(n) for n in entry["shape"]))
+            begin, end = entry["data_offsets"]
+            if end - begin != spec.nbytes or 8 + header_length + end > size:
+                raise ValueError(f"tensor '{key}': data offsets {[begin, end]} do not hold {spec.nbytes} bytes")
+            self.specs[key], self.offsets[key] = spec, 8 + header_length + begin
+
+    def view(self, spec: TensorSpec) -> torch.Tensor:
+        offset = self.offsets[spec.key]
+        if spec.numel == 0:
+            return torch.empty(spec.shape, dtype=spec.dtype)
+        if offset % spec.dtype.itemsize:  # the format does not promise alignment: a copy then
+            data = bytearray(self._map[offset:offset + spec.nbytes])
+            return torch.frombuffer(data, dtype=spec.dtype).view(spec.shape)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "the given buffer is not writable": it is only read
+            return torch.frombuffer(self._map, dtype=spec.dtype, count=spec.numel, offset=offset).view(spec.shape)
+
+    def rewritten(self) -> bool:
+        """The same file (device, inode) with another size or modification time."""
+        try:
+            now = _identity(os.stat(self.path))
+        except OSError:
+            return False  # removed or renamed away: the mapping keeps the old file
+        return now[:2] == self._identity[:2] and now != self._identity
+
+
+def _identity(stat: os.stat_result) -> tuple:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 class InMemorySource:
@@ -117,6 +187,12 @@ class InMemorySource:
 
     def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
         return self._tensors[key][start:stop]
+
+    def view(self, key: str) -> torch.Tensor:
+        return self._tensors[key]
+
+    def check_unchanged(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

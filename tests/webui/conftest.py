@@ -13,11 +13,13 @@ Skipped unless a WebUI is named:
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -26,19 +28,20 @@ from tests.webui.client import WebUI
 
 REPO = Path(__file__).resolve().parents[2]
 
-# name -> generator arguments (tests/webui/tiny_models.py); reForge loads the sd15 ones only.
+# name -> generator arguments (tests/webui/tiny_models.py). The SDXL files (3.5 GB each: real-size text
+# encoders and VAE, which reForge needs; Segmind Vega's UNet) are only made when a selected test needs SDXL.
 TINY_MODELS = {
     "uncondlab-tiny-sd15-a": ["--kind", "sd15", "--seed", "1"],
     "uncondlab-tiny-sd15-b": ["--kind", "sd15", "--seed", "2"],
     "uncondlab-tiny-sd15-zero-te": ["--kind", "sd15", "--seed", "3", "--zero-text-encoder"],
-    "uncondlab-tiny-sdxl-a": ["--kind", "sdxl", "--seed", "1"],
-    "uncondlab-tiny-sdxl-b": ["--kind", "sdxl", "--seed", "2"],
-    "uncondlab-tiny-sdxl-zero-te": ["--kind", "sdxl", "--seed", "3", "--zero-text-encoder"],
+    "uncondlab-vega-sdxl-a": ["--kind", "sdxl", "--seed", "1"],
+    "uncondlab-vega-sdxl-b": ["--kind", "sdxl", "--seed", "2", "--text-encoder-seed", "1"],  # a's text encoders
+    "uncondlab-vega-sdxl-zero-te": ["--kind", "sdxl", "--seed", "3", "--zero-text-encoder"],
     # The -a weights, declaring a flow objective in their metadata (lib_ext/flow/metadata.py): RF by default.
     "uncondlab-tiny-sd15-flow": ["--kind", "sd15", "--seed", "1", "--metadata", "modelspec.prediction_type=flow"],
-    "uncondlab-tiny-sdxl-flow": ["--kind", "sdxl", "--seed", "1", "--metadata", "modelspec.prediction_type=flow"],
+    "uncondlab-vega-sdxl-flow": ["--kind", "sdxl", "--seed", "1", "--metadata", "modelspec.prediction_type=flow"],
 }
-SD15, SDXL = "uncondlab-tiny-sd15-a", "uncondlab-tiny-sdxl-a"
+SD15, SDXL = "uncondlab-tiny-sd15-a", "uncondlab-vega-sdxl-a"
 
 FLAGS = {
     "a1111": ["--skip-prepare-environment", "--skip-torch-cuda-test", "--use-cpu", "all", "--no-half", "--api",
@@ -55,16 +58,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _generate_models(kind: str, python: str, models_dir: Path, hf_cache: Path, env: dict) -> None:
-    has_open_clip_config = any(hf_cache.glob("models--uncondlab--*"))
+def _generate_models(python: str, models_dir: Path, hf_cache: Path, env: dict, sdxl: bool) -> None:
     for name, arguments in TINY_MODELS.items():
-        if kind == "reforge" and "sdxl" in arguments:
+        if "sdxl" in arguments and not sdxl:
             continue
-        files_exist = (models_dir / f"{name}.safetensors").exists() and (models_dir / f"{name}.yaml").exists()
-        if files_exist and (has_open_clip_config or "sdxl" not in arguments):
+        if (models_dir / f"{name}.safetensors").exists() and (models_dir / f"{name}.yaml").exists():
             continue
         subprocess.run([python, "-m", "tests.webui.tiny_models", "--out", str(models_dir), "--name", name,
                         "--hf-cache", str(hf_cache), *arguments], cwd=REPO, env=env, check=True)
+
+
+def _needs_sdxl(items) -> bool:
+    """Whether a selected test runs on an SDXL checkpoint (the `sdxl` fixture, or `sdxl` in its id)."""
+    return any("sdxl" in item.nodeid or "sdxl" in getattr(item, "fixturenames", ()) for item in items)
 
 
 def _link(target: Path, link: Path) -> None:
@@ -95,20 +101,24 @@ def _wait_until_up(webui: WebUI, process: subprocess.Popen, log: Path, timeout: 
         if "failed to load" in text:
             raise RuntimeError(f"the WebUI's first checkpoint failed to load; see {log}")
         if all(marker in text for marker in ready):
-            webui.get("/sdapi/v1/sd-models")
-            return
+            try:
+                webui.get("/sdapi/v1/sd-models")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                pass  # --nowebui: its server starts listening after the log's "Startup time:"
         time.sleep(1)
     raise RuntimeError(f"the WebUI was not ready within {timeout:.0f} s; see {log}")
 
 
-def _start_webui(webui_dir: Path, data_dir: Path):
+def _start_webui(webui_dir: Path, data_dir: Path, sdxl: bool, extra_flags: tuple[str, ...] = ()):
     kind = "reforge" if (webui_dir / "modules_forge").is_dir() else "a1111"
     python = os.environ.get("WEBUI_PYTHON") or str(webui_dir / "venv" / "bin" / "python")
     models_dir = Path(os.environ.get("UNCOND_LAB_MODELS_DIR") or data_dir / "models" / "Stable-diffusion")
     hf_cache = models_dir / "hf-hub-cache"
+    # transformers 4.30 (A1111) reads HUGGINGFACE_HUB_CACHE, newer huggingface_hub HF_HUB_CACHE.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "HF_HUB_CACHE": str(hf_cache)}
-    _generate_models(kind, python, models_dir, hf_cache, env)
+           "HF_HUB_CACHE": str(hf_cache), "HUGGINGFACE_HUB_CACHE": str(hf_cache)}
+    _generate_models(python, models_dir, hf_cache, env, sdxl)
 
     _link(REPO, data_dir / "extensions" / "uncond-lab")
     _link(REPO / "tests" / "webui" / "fault_extension", data_dir / "extensions" / "uncond-lab-test-faults")
@@ -119,7 +129,9 @@ def _start_webui(webui_dir: Path, data_dir: Path):
 
     port = _free_port()
     log = data_dir / "webui.log"
-    command = [python, "launch.py", *FLAGS[kind], "--port", str(port), "--data-dir", str(data_dir)]
+    # Start on the small SD1.5 model (else the WebUIs load the first checkpoint by name, maybe a 3.5 GB SDXL one).
+    (data_dir / "config.json").write_text(json.dumps({"sd_model_checkpoint": f"{SD15}.safetensors"}))
+    command = [python, "launch.py", *FLAGS[kind], *extra_flags, "--port", str(port), "--data-dir", str(data_dir)]
     with open(log, "wb") as log_file:
         process = subprocess.Popen(command, cwd=webui_dir, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                    start_new_session=True)
@@ -141,31 +153,54 @@ def _detect_kind(webui: WebUI) -> str:
     return "reforge" if any("reforge" in name for name in scripts) else "a1111"
 
 
+def _stop_webui(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 @pytest.fixture(scope="session")
-def webui(tmp_path_factory):
+def webui(request, tmp_path_factory):
     url, webui_dir = os.environ.get("UNCOND_LAB_WEBUI_URL"), os.environ.get("WEBUI_DIR")
+    sdxl = _needs_sdxl(request.session.items)
     process = None
     if url:
         webui = WebUI(url, "a1111")
         webui.kind = _detect_kind(webui)
         webui.log_path = Path(os.environ["UNCOND_LAB_WEBUI_LOG"]) if os.environ.get("UNCOND_LAB_WEBUI_LOG") else None
     elif webui_dir:
-        webui, process = _start_webui(Path(webui_dir).resolve(), tmp_path_factory.mktemp("webui-data"))
+        webui, process = _start_webui(Path(webui_dir).resolve(), tmp_path_factory.mktemp("webui-data"), sdxl)
     else:
         pytest.skip("no WebUI named: set UNCOND_LAB_WEBUI_URL or WEBUI_DIR (see tests/webui/conftest.py)")
     # No live previews: they cost time and reForge would try to download their model.
     webui.post("/sdapi/v1/options", {"live_previews_enable": False})
+    if os.environ.get("UNCOND_LAB_MERGE_SOURCES") and webui.kind == "a1111":  # e.g. "Resident copies"
+        webui.post("/sdapi/v1/options", {"uncond_lab_merge_sources": os.environ["UNCOND_LAB_MERGE_SOURCES"]})
     webui.fresh = {}  # plain generations made before any test, per checkpoint
-    for name in (SD15,) if webui.kind == "reforge" else (SD15, SDXL):
+    for name in (SD15, SDXL) if sdxl else (SD15,):
         webui.use_checkpoint(name)
         webui.fresh[name] = webui.txt2img().pixels
     yield webui
     if process is not None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        _stop_webui(process)
+
+
+@pytest.fixture(scope="module")
+def api_only_webui(tmp_path_factory):
+    """A second WebUI of the same kind, started with --nowebui (API only: the UI is never built and
+    `on_before_ui` comes after the API's scripts are set up), on 127.0.0.1 only. Needs WEBUI_DIR."""
+    webui_dir = os.environ.get("WEBUI_DIR")
+    if not webui_dir:
+        pytest.skip("an API-only WebUI is started from WEBUI_DIR (see tests/webui/conftest.py)")
+    webui, process = _start_webui(Path(webui_dir).resolve(), tmp_path_factory.mktemp("webui-api-only-data"), False,
+                                  extra_flags=("--nowebui", "--server-name", "127.0.0.1"))
+    try:
+        webui.post("/sdapi/v1/options", {"live_previews_enable": False})
+        yield webui
+    finally:
+        _stop_webui(process)
 
 
 @pytest.fixture
@@ -176,8 +211,6 @@ def sd15(webui):
 
 @pytest.fixture
 def sdxl(webui):
-    if webui.kind == "reforge":
-        pytest.skip("reForge builds SDXL text encoders at full size; the tiny SDXL checkpoints load in A1111 only")
     webui.use_checkpoint(SDXL)
     return webui
 

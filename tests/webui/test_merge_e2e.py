@@ -1,4 +1,5 @@
-"""Merges in a real WebUI: A1111 1.10 (SD1.5 and SDXL pairs) and reForge (SD1.5 pair).
+"""Merges in a real WebUI (A1111 1.10 and reForge; SD1.5 and SDXL pairs: on reForge, weight patches on the loaded
+model, CLIP-G's text_projection and both SDXL text encoders included).
 
 Oracles come from the WebUI itself: "ratio 0" must be model A as loaded and "ratio 1" (text encoders following)
 model B as loaded by the WebUI, pixel for pixel; "add difference with C = B" is model A; after any plot, an
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import random
 import re
@@ -33,7 +35,13 @@ def pictures(generation) -> list:
     return [rgb(image) for image in generation.images]
 
 PAIRS = {"sd15": ("uncondlab-tiny-sd15-a", "uncondlab-tiny-sd15-b"),
-         "sdxl": ("uncondlab-tiny-sdxl-a", "uncondlab-tiny-sdxl-b")}
+         "sdxl": ("uncondlab-vega-sdxl-a", "uncondlab-vega-sdxl-b")}
+# The SDXL pair shares its text encoders (conftest: --text-encoder-seed), and its merges leave them alone (text-
+# encoder ratio 0): two 1.7 B-parameter models in float32 are most of a 24 GB machine, and merging the 0.8 B of
+# text encoders would hold two more copies of them for nothing. Ratio 1 is then still model B, text encoders
+# included; test_text_encoder_ratio_and_the_cond_cache merges SDXL text encoders on their own.
+TE_RATIO = {"sd15": None, "sdxl": 0.0}  # None: the default, following the merge ratio
+SDXL_ZERO_TE = "uncondlab-vega-sdxl-zero-te"
 CFGS = (3.0, 7.0)
 XYZ = "x/y/z plot"
 
@@ -54,8 +62,17 @@ class Pair:
     def pictures(self, settings=None, **params) -> list:
         return pictures(self.webui.txt2img(settings, **params))
 
+    @property
+    def te_settings(self) -> dict:
+        return {} if TE_RATIO[self.kind] is None else {"merge_te_ratio": TE_RATIO[self.kind]}
+
+    @property
+    def te_choice(self) -> str:
+        """The text-encoder ratio as the tab's dropdowns say it."""
+        return "follow" if TE_RATIO[self.kind] is None else f"{TE_RATIO[self.kind]:g}"
+
     def merge(self, ratio, **settings):
-        return {"merge_model": self.b_title, "merge_ratio": ratio, **settings}
+        return {"merge_model": self.b_title, "merge_ratio": ratio, **self.te_settings, **settings}
 
 
 def title_of(webui, stem: str) -> str:
@@ -65,8 +82,6 @@ def title_of(webui, stem: str) -> str:
 @pytest.fixture(scope="module", params=sorted(PAIRS))
 def pair(request, webui):
     kind = request.param
-    if kind == "sdxl" and webui.kind == "reforge":
-        pytest.skip("reForge builds SDXL text encoders at full size; the tiny SDXL checkpoints load in A1111 only")
     a, b = PAIRS[kind]
     webui.post("/uncond-lab/v1/merge-release", {})
     alone = {}
@@ -143,7 +158,8 @@ def cells_by(grid, *keys) -> dict:
 def plot_ratio_by_cfg(pair, faults=None):
     args = xyz_args(pair.webui, "[Uncond Lab] Merge ratio", "0, 0.5, 1", "CFG Scale", "3, 7")
     scripts = {"Uncond Lab test faults": {"args": [faults]}} if faults else None
-    return pair.webui.txt2img({"merge_model": pair.b_title}, scripts=scripts, script_name=XYZ, script_args=args)
+    return pair.webui.txt2img({"merge_model": pair.b_title, **pair.te_settings}, scripts=scripts, script_name=XYZ,
+                              script_args=args)
 
 
 # --- endpoints and restore ----------------------------------------------------------------------------------
@@ -152,8 +168,43 @@ def test_ratio_zero_is_model_a_and_ratio_one_is_model_b(merge_pair):
     p = merge_pair
     assert p.pictures(p.merge(0.0)) == p.alone[("A", 7.0)]
     assert p.pictures(p.merge(1.0)) == p.alone[("B", 7.0)]
+    # The text encoders following too (SDXL: both encoders, CLIP-G's text_projection, patched to B's).
+    assert p.pictures(p.merge(1.0, merge_te_ratio="follow")) == p.alone[("B", 7.0)]
     half = p.pictures(p.merge(0.5))
     assert half != p.alone[("A", 7.0)] and half != p.alone[("B", 7.0)]
+    assert p.pictures() == p.alone[("A", 7.0)]
+
+
+SOURCES_OPTION = "uncond_lab_merge_sources"  # A1111's setting; reForge's patches always read the mapped files
+
+
+def test_resident_copies_and_mapped_files_give_the_same_pictures(merge_pair):
+    """Where A and B are read from changes the memory, never the weights: every A1111 setting gives the same
+    picture at ratio 0.5, the console says where the merge reads from, and the weights come back exactly."""
+    p = merge_pair
+    log = Log(p.webui)
+    if p.webui.kind == "reforge":
+        half = p.pictures(p.merge(0.5))
+        assert "read from the memory-mapped files when reForge patches the weights" in log.text(), log.text()
+        assert p.webui.get("/uncond-lab/v1/merge-status")["resident_bytes"] == 0
+    else:
+        saved = p.webui.get("/sdapi/v1/options")[SOURCES_OPTION]
+        found = {}
+        try:
+            for sources, placement in (("Memory-mapped files", "mapped"), ("Resident copies", "device"),
+                                       ("Automatic", "mapped")):  # CPU weights: "Automatic" reads the files
+                p.webui.post("/sdapi/v1/options", {SOURCES_OPTION: sources})
+                found[sources] = p.pictures(p.merge(0.5))
+                status = p.webui.get("/uncond-lab/v1/merge-status")
+                assert status["placement"] == placement, status
+                assert (status["resident_bytes"] == 0) == (placement == "mapped"), status
+        finally:
+            p.webui.post("/sdapi/v1/options", {SOURCES_OPTION: saved})
+        half = found["Automatic"]
+        assert found["Memory-mapped files"] == half and found["Resident copies"] == half
+        assert "read from the memory-mapped files at each switch; 0.00 GB kept in RAM" in log.text(), log.text()
+        assert "of copies resident (device)" in log.text(), log.text()
+    assert half not in (p.alone[("A", 7.0)], p.alone[("B", 7.0)])
     assert p.pictures() == p.alone[("A", 7.0)]
 
 
@@ -202,10 +253,28 @@ def test_a_failed_merged_generation_leaves_the_original_weights(merge_pair):
 def test_merge_partner_axis(merge_pair):
     p = merge_pair
     args = xyz_args(p.webui, "[Uncond Lab] Merge partner", f"None, {p.b_title}", "CFG Scale", "7")
-    grid = p.txt2img({"merge_ratio": 1.0}, script_name=XYZ, script_args=args)
+    grid = p.txt2img({"merge_ratio": 1.0, **p.te_settings}, script_name=XYZ, script_args=args)
     texts, pixels = grid.infotexts[-2:], pictures(grid)[-2:]
-    by_partner = {("Merge model B" in text): [image] for text, image in zip(texts, pixels)}
+    by_partner = {("Merge model B: None" not in text): [image] for text, image in zip(texts, pixels)}
     assert by_partner == {False: p.alone[("A", 7.0)], True: p.alone[("B", 7.0)]}
+
+
+def test_a_none_partner_column_in_a_ratio_grid_is_model_a(merge_pair):
+    """Partner {B, None} × ratio {0.5, 1} with no partner in the accordion: the None cells are model A (the
+    grid's reference column), their infotext saying that no merge was applied; no cell fails."""
+    p = merge_pair
+    log = Log(p.webui)
+    args = xyz_args(p.webui, "[Uncond Lab] Merge partner", f"{p.b_title}, None", "[Uncond Lab] Merge ratio", "0.5, 1")
+    grid = p.txt2img(script_name=XYZ, script_args=args)
+    texts, pixels = grid.infotexts[-4:], pictures(grid)[-4:]
+    assert len(texts) == 4 and None not in texts
+    none_cells = [[image] for text, image in zip(texts, pixels) if "Merge model B: None" in text]
+    assert none_cells == [p.alone[("A", 7.0)]] * 2
+    merged = {float(re.search(r"Merge ratio: ([\d.]+)", text).group(1)): [image]
+              for text, image in zip(texts, pixels) if "Merge model B: None" not in text}
+    assert merged[1.0] == p.alone[("B", 7.0)] and merged[0.5] != p.alone[("A", 7.0)]
+    assert "needs a merge partner" not in log.text()
+    assert p.pictures() == p.alone[("A", 7.0)]
 
 
 def test_img2img_encodes_its_init_image_with_the_merged_vae(merge_pair):
@@ -225,12 +294,33 @@ def test_img2img_encodes_its_init_image_with_the_merged_vae(merge_pair):
 
 def test_text_encoder_ratio_and_the_cond_cache(merge_pair):
     p = merge_pair
+    if p.kind == "sdxl":
+        check_sdxl_text_encoder_merge(p)
+        return
     assert p.pictures(p.merge(1.0, merge_te_ratio=1.0)) == p.alone[("B", 7.0)]
     # Same prompt, same everything but the text encoders: a stale cached cond would give B's picture again.
     unet_only = p.pictures(p.merge(1.0, merge_te_ratio=0.0))
     assert unet_only not in (p.alone[("B", 7.0)], p.alone[("A", 7.0)])
     assert p.pictures(p.merge(1.0, merge_te_ratio="follow")) == p.alone[("B", 7.0)]
     assert p.pictures() == p.alone[("A", 7.0)]
+
+
+def check_sdxl_text_encoder_merge(p):
+    """Only the text encoders (CLIP-L, and CLIP-G with its text_projection) of the zero-te model, whose map every
+    prompt to exactly 0, merged into A (UNet ratio 0): a new picture, and back to A's at text-encoder ratio 0."""
+    old = p.webui.get("/sdapi/v1/options")["emphasis"]
+    p.webui.post("/sdapi/v1/options", {"emphasis": "No norm"})  # A1111's "Original" divides 0 by 0
+    try:
+        a_alone = p.pictures()
+        te_only = {"merge_model": title_of(p.webui, SDXL_ZERO_TE), "merge_ratio": 0.0, "merge_te_ratio": 1.0}
+        zero_text = p.pictures(te_only)
+        assert zero_text != a_alone
+        # Same prompt, same UNet, other text encoders: a stale cached cond would give zero_text again.
+        assert p.pictures({**te_only, "merge_te_ratio": 0.0}) == a_alone
+        assert p.pictures(te_only) == zero_text
+        assert p.pictures() == a_alone
+    finally:
+        p.webui.post("/sdapi/v1/options", {"emphasis": old})
 
 
 def test_add_difference_with_c_equal_to_b_is_model_a(merge_pair):
@@ -286,6 +376,7 @@ def test_sweep_route_and_save_this_merge(merge_pair, tmp_path):
     p = merge_pair
     log = Log(p.webui)
     result = p.webui.post("/uncond-lab/v1/merge-sweep", {**SWEEP, "model_b": p.b_title, "ratios": "0-1 [3]",
+                                                         "te_ratio": TE_RATIO[p.kind],
                                                          "cfgs": "3, 7", "unconds": "default"})
     assert (result["cells_done"], result["cell_count"], result["errors"]) == (6, 6, [])
     cells = {}
@@ -335,32 +426,33 @@ def test_sweep_route_refuses_bad_lists(merge_pair):
 # --- LoRA -----------------------------------------------------------------------------------------------------
 
 LORA = "uncondlab-test-lora"
-LORA_MODULES = {"lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q": (320, 320),
-                "lora_te_text_model_encoder_layers_0_self_attn_q_proj": (768, 768)}
+LORA_MODULES = {  # kohya names, which both WebUIs read; SDXL: te1 = CLIP-L, input_blocks 4 = the first attention
+    "sd15": {"lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q": (320, 320),
+             "lora_te_text_model_encoder_layers_0_self_attn_q_proj": (768, 768)},
+    "sdxl": {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q": (640, 640),
+             "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768)},
+}
 
 
-def write_tiny_lora(folder: str) -> str:
-    """A rank-4 LoRA (kohya key names, which both WebUIs read) on one UNet and one text-encoder layer of the tiny
-    SD1.5 models."""
+def write_tiny_lora(folder: str, kind: str) -> str:
+    """A rank-4 LoRA on one UNet and one text-encoder layer of the test models of this kind."""
     import torch
     from safetensors.torch import save_file
     generator, tensors = torch.Generator().manual_seed(7), {}
-    for module, (rows, columns) in LORA_MODULES.items():
+    for module, (rows, columns) in LORA_MODULES[kind].items():
         tensors[f"{module}.lora_down.weight"] = torch.randn(4, columns, generator=generator) * 0.3
         tensors[f"{module}.lora_up.weight"] = torch.randn(rows, 4, generator=generator) * 0.3
         tensors[f"{module}.alpha"] = torch.tensor(4.0)
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{LORA}.safetensors")
+    path = os.path.join(folder, f"{LORA}-{kind}.safetensors")  # one name per kind: the WebUIs cache by name
     save_file(tensors, path)
     return path
 
 
 def test_a_lora_applies_on_top_of_the_merge_and_never_into_model_a(merge_pair):
     p = merge_pair
-    if p.kind != "sd15":
-        pytest.skip("one LoRA test is enough (the tiny LoRA is shaped for the SD1.5 pair)")
-    path = write_tiny_lora(p.webui.get("/sdapi/v1/cmd-flags")["lora_dir"])
-    with_lora = {"prompt": f"a lighthouse at dusk <lora:{LORA}:1>"}
+    path = write_tiny_lora(p.webui.get("/sdapi/v1/cmd-flags")["lora_dir"], p.kind)
+    with_lora = {"prompt": f"a lighthouse at dusk <lora:{LORA}-{p.kind}:1>"}
     try:
         a_lora = p.pictures(**with_lora)
         assert a_lora != p.alone[("A", 7.0)]
@@ -411,7 +503,7 @@ def gallery_file(entry) -> str:
 
 def test_the_tab_run_and_save_buttons(merge_pair):
     p = merge_pair
-    values = ["Loaded model", p.b_title, "None", "Weighted sum", "0, 1", "follow", "7", "default",
+    values = ["Loaded model", p.b_title, "None", "Weighted sum", "0, 1", p.te_choice, "7", "default",
               "a lighthouse at dusk", "", 1234, 4, 64, 64, "Euler", "Automatic"]
     gallery, info = gradio_call(p.webui, "uncond_lab_tab_run", ["task(uncondlab-e2e-run)", *values])
     assert "2 of 2 cells" in info, info
@@ -473,12 +565,19 @@ def test_the_probe_of_a_merge_is_model_a_at_0_and_model_b_at_1_and_sweeps(merge_
 def test_the_probe_tab_sweeps_the_merge_ratio(merge_pair):
     p = merge_pair
     probe_settings = ["a lighthouse", str(random.randrange(1 << 30)), 4, 7, 128, "prediction"]
-    merge = [p.b_title, "Weighted sum", "None", "follow", "0, 1"]
+    merge = [p.b_title, "Weighted sum", "None", p.te_choice, "0, 1"]
     summary, levels, sweep_plot, table, files, error = gradio_call(p.webui, "uncond_lab_probe_run",
                                                                     probe_settings + merge)
     assert error == "" and "Score by merge ratio" in summary and "r=0:" in summary and "r=1:" in summary
     assert len(files) == 2 and sweep_plot["visible"] is True
     assert [row[0] for row in table["data"]] == [0, 1]
+    # The table shows 4 significant digits; the JSON download keeps every digit.
+    shown = [value for row in table["data"] for value in row if isinstance(value, float)]
+    assert shown and all(value == float(f"{value:.4g}") for value in shown)
+    with open(next(gallery_file(f) for f in files if gallery_file(f).endswith(".json"))) as file:
+        scores = json.load(file)["columns"]["score"]
+    assert any(score != float(f"{score:.4g}") for score in scores)
+    assert [float(f"{score:.4g}") for score in scores] == [row[1] for row in table["data"]]
     plain = gradio_call(p.webui, "uncond_lab_probe_run", probe_settings + ["None", "Weighted sum", "None", "follow",
                                                                            "0, 1"])
     assert "**Score " in plain[0] and plain[5] == ""

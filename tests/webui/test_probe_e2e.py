@@ -8,6 +8,8 @@ import time
 import pytest
 
 from tests.webui.client import ApiError
+from tests.webui.conftest import SDXL
+from tests.webui.test_merge_e2e import gradio_call
 
 SMALL_PROBE = {"latent_shape": [4, 16, 16], "levels": 6, "seeds": [0, 1], "cfg_scale": 7}
 
@@ -52,11 +54,11 @@ def test_probe_of_sd15_with_zero_text_encoder_scores_zero(webui, no_norm_emphasi
 def test_probe_of_sdxl(sdxl):
     result = probe(sdxl)
     assert result["score"] > 0 and result["embedding"]["null_pooled_norm"] > 0
-    assert sdxl.txt2img().pixels == sdxl.fresh["uncondlab-tiny-sdxl-a"]
+    assert sdxl.txt2img().pixels == sdxl.fresh[SDXL]
 
 
 def test_probe_of_sdxl_with_zero_text_encoder_scores_zero(sdxl, no_norm_emphasis):
-    check_zero_text_encoder_scores_zero(sdxl, "uncondlab-tiny-sdxl-zero-te")
+    check_zero_text_encoder_scores_zero(sdxl, "uncondlab-vega-sdxl-zero-te")
 
 
 @pytest.mark.parametrize("body, fragment", [
@@ -69,6 +71,65 @@ def test_probe_refuses_bad_input(sd15, body, fragment):
     with pytest.raises(ApiError) as error:
         sd15.post("/uncond-lab/v1/probe", body)
     assert error.value.status == 422 and fragment in error.value.body
+
+
+@pytest.mark.parametrize("body, fragment", [
+    # The two of issue 10: 160 GB for the noise alone, and a typo (4000 for 400) that ran for hours.
+    ({"latent_shape": [4, 100000, 100000]}, "height and width must be at most 256 latent pixels"),
+    ({"latent_shape": [4, 4000, 4000]}, "got 4000 × 4000"),
+    ({"latent_shape": [64, 64, 64]}, "channels must be at most 16"),
+    ({"seeds": list(range(64)), "levels": 100}, "seeds × levels must be at most 512"),
+])
+def test_oversized_probes_are_refused_at_once(sd15, body, fragment):
+    started = time.monotonic()
+    with pytest.raises(ApiError) as error:
+        sd15.post("/uncond-lab/v1/probe", body)
+    assert error.value.status == 422 and fragment in error.value.body, error.value.body
+    assert time.monotonic() - started < 1.0
+    assert sd15.txt2img().pixels == sd15.fresh["uncondlab-tiny-sd15-a"]
+
+
+def wait_for_job(webui, job: str, timeout: float = 120) -> None:
+    """Until the WebUI runs `job` and has finished one noise level (so an interrupt is not reset by its start)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = webui.get("/sdapi/v1/progress?skip_current_image=true")["state"]
+        if state.get("job") == job and state.get("sampling_step", 0) >= 1:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"the WebUI did not start {job!r} within {timeout:.0f} s")
+
+
+@pytest.mark.parametrize("interrupt_from", ["api", "tab"])
+def test_interrupt_stops_a_running_probe_and_frees_the_queue(sd15, interrupt_from):
+    # 64 levels of 3 short UNet calls (24 small latents in rows of 8): the interrupt lands mid-probe and
+    # is honoured within one call.
+    body = {**SMALL_PROBE, "seeds": [random.randrange(1 << 30) for _ in range(8)], "levels": 64}
+    answer: dict = {}
+
+    def run_probe():
+        answer["result"] = sd15.post("/uncond-lab/v1/probe", body)
+        answer["at"] = time.monotonic()
+
+    thread = threading.Thread(target=run_probe)
+    thread.start()
+    wait_for_job(sd15, "uncond_lab_probe")
+    interrupted_at = time.monotonic()
+    if interrupt_from == "api":
+        sd15.post("/sdapi/v1/interrupt", {})
+    else:  # the Probe sub-tab's Interrupt button, as the browser calls it
+        gradio_call(sd15, "uncond_lab_probe_interrupt", [])
+    thread.join(timeout=60)
+    result = answer["result"]
+    assert result["interrupted"] is True and answer["at"] - interrupted_at < 5.0
+    levels = len(result["levels"]["sigma"])
+    assert 1 <= levels < 64 and len(result["levels"]["cfg_rel_diff"]) == levels and result["score"] > 0
+    assert result["cached"] is False
+    # The queue is free at once: a plain generation runs, as before the probe.
+    started = time.monotonic()
+    assert sd15.txt2img().pixels == sd15.fresh["uncondlab-tiny-sd15-a"]
+    assert time.monotonic() - started < 30
+    assert probe(sd15)["interrupted"] is False
 
 
 def test_compare_grid_shows_the_webui_default_null_zero_and_blend(sdxl):
@@ -96,7 +157,7 @@ def test_compare_on_sd15(sd15):
 # --- several checkpoints in one run ----------------------------------------------------------------------
 
 SD15_SHELF = ["uncondlab-tiny-sd15-b", "uncondlab-tiny-sd15-zero-te", "uncondlab-tiny-sd15-flow"]
-SDXL_SHELF = ["uncondlab-tiny-sdxl-b", "uncondlab-tiny-sdxl-zero-te", "uncondlab-tiny-sdxl-flow"]
+SDXL_SHELF = ["uncondlab-vega-sdxl-b", "uncondlab-vega-sdxl-zero-te", "uncondlab-vega-sdxl-flow"]
 
 
 def fresh_seeds():
@@ -153,7 +214,7 @@ def test_probe_of_sd15_checkpoints_in_one_run(sd15, no_norm_emphasis):
 
 
 def test_probe_of_sdxl_checkpoints_in_one_run(sdxl, no_norm_emphasis):
-    check_shelf_probe(sdxl, "uncondlab-tiny-sdxl-a", SDXL_SHELF)
+    check_shelf_probe(sdxl, SDXL, SDXL_SHELF)
 
 
 def test_probe_of_checkpoints_refuses_an_unknown_name_before_loading_anything(sd15):

@@ -1,7 +1,7 @@
-"""The tiny-checkpoint generator: layouts the WebUIs detect, determinism, metadata, and exactly-zero text encoders.
+"""The test-checkpoint generator: layouts the WebUIs detect, determinism, metadata, exactly-zero text encoders.
 
-Structural checks use the specs alone (no tensors), so the full-size SD1.5 layout is checked without
-materialising CLIP-L and the SD VAE; tensor checks use the small SD1.5 and the (always tiny) SDXL.
+Structural checks use the specs alone (no tensors), so the full-size SD1.5 and SDXL layouts (3.5 GB for SDXL) are
+checked without materialising them; tensor checks use the small SD1.5 and SDXL.
 The text encoders are run through reference forwards written here from the papers' definitions (CLIP's
 pre-LN transformer); where transformers / open_clip / PyYAML are installed, those are cross-checked too.
 """
@@ -19,7 +19,8 @@ from safetensors import safe_open
 
 from tests.webui import tiny_models as tm
 
-SD15, SD15_SMALL, SDXL = tm.model_size("sd15"), tm.model_size("sd15", small=True), tm.model_size("sdxl")
+SD15, SD15_SMALL = tm.model_size("sd15"), tm.model_size("sd15", small=True)
+SDXL, SDXL_SMALL = tm.model_size("sdxl"), tm.model_size("sdxl", small=True)
 UNET, CLIP_L_PREFIX = "model.diffusion_model.", "cond_stage_model.transformer."
 XL_CLIP_L, XL_OPEN_CLIP = "conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."
 
@@ -72,23 +73,58 @@ def test_sd15_has_the_ldm_schedule_buffers():
     assert all(v.dtype == torch.float32 and v.shape == (1000,) for v in schedule.values())
 
 
-def test_sdxl_layout_keeps_real_block_names_and_vector_width():
-    spec = tm.checkpoint_spec(SDXL)
-    emb = SDXL.unet.model_channels * 4
+@pytest.mark.parametrize("size", [SDXL, SDXL_SMALL], ids=["sdxl", "sdxl-small"])
+def test_sdxl_layout_keeps_real_block_names_and_vector_width(size):
+    spec = tm.checkpoint_spec(size)
+    emb = size.unet.model_channels * 4
     # vector = pooled 1280 + 3 size embeddings of 2 x 256 = 2816, as in real SDXL
     assert _shape(spec, f"{UNET}label_emb.0.0.weight") == (emb, 1280 + 3 * 512)
-    assert _shape(spec, f"{XL_OPEN_CLIP}text_projection") == (SDXL.open_clip.width, 1280)
+    assert _shape(spec, f"{XL_OPEN_CLIP}text_projection") == (size.open_clip.width, 1280)
     assert max(int(k.split(".")[3]) for k in spec if k.startswith(f"{UNET}input_blocks.")) == 8
     assert max(int(k.split(".")[3]) for k in spec if k.startswith(f"{UNET}output_blocks.")) == 8
     # A1111 calls a model without this key SSD-1B (`is_ssd`), not SDXL
     assert f"{UNET}middle_block.1.transformer_blocks.0.attn1.to_q.weight" in spec
-    context = SDXL.clip_l.hidden + SDXL.open_clip.width
+    context = size.clip_l.hidden + size.open_clip.width
     assert _shape(spec, f"{UNET}middle_block.1.transformer_blocks.0.attn2.to_k.weight")[1] == context
-    assert _shape(spec, f"{XL_CLIP_L}text_model.embeddings.token_embedding.weight") == (49408, SDXL.clip_l.hidden)
+    assert _shape(spec, f"{XL_CLIP_L}text_model.embeddings.token_embedding.weight") == (49408, size.clip_l.hidden)
     assert not any(k.startswith("cond_stage_model.") for k in spec)
 
 
-@pytest.mark.parametrize("size", [SD15, SD15_SMALL, SDXL], ids=["sd15", "sd15-small", "sdxl"])
+def _transformer_count(spec, block):
+    """The number of BasicTransformerBlocks in `<block>.1` (e.g. block = UNET + "input_blocks.4")."""
+    prefix = f"{block}.1.transformer_blocks."
+    return len({k[len(prefix):].split(".")[0] for k in spec if k.startswith(prefix)})
+
+
+def test_sdxl_unet_is_what_reforge_detects_as_sdxl():
+    """reForge reads a UNet's config off its keys (one transformer depth per input block that has a res block,
+    context from attn2.to_k, adm from label_emb) and takes the first SDXL-family entry that equals it on
+    model_channels, linear proj_in, transformer_depth, context_dim and adm_in_channels: here Segmind Vega's."""
+    spec = tm.checkpoint_spec(SDXL)
+    depths = [_transformer_count(spec, f"{UNET}input_blocks.{i}") for i in range(1, 9)
+              if f"{UNET}input_blocks.{i}.0.in_layers.0.weight" in spec]
+    assert depths == [0, 0, 1, 1, 2, 2]
+    assert [_transformer_count(spec, f"{UNET}output_blocks.{i}") for i in range(9)] == [2, 2, 2, 1, 1, 1, 0, 0, 0]
+    assert _transformer_count(spec, f"{UNET}middle_block") == 2  # not matched on; A1111 needs it
+    assert _shape(spec, f"{UNET}input_blocks.0.0.weight") == (320, 4, 3, 3)
+    assert _shape(spec, f"{UNET}input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight") == (640, 2048)
+    assert len(_shape(spec, f"{UNET}input_blocks.4.1.proj_in.weight")) == 2  # linear
+    assert _shape(spec, f"{UNET}label_emb.0.0.weight") == (1280, 2816)
+
+
+def test_sdxl_text_encoders_and_vae_are_full_size():
+    """reForge builds CLIP-L, the bigG text tower and the VAE from fixed configs: real SDXL's parameter counts."""
+    spec = tm.checkpoint_spec(SDXL)
+    count = lambda prefix: sum(math.prod(s) for k, (s, _) in spec.items() if k.startswith(prefix))
+    assert count(XL_CLIP_L) == 123_060_480 + 77  # + the position_ids buffer, as in SD1.5
+    assert count(XL_OPEN_CLIP) == 694_659_841    # SDXL's text_encoder_2 (694,659,840) + logit_scale
+    assert count("first_stage_model.") == 83_653_863
+    assert _shape(spec, f"{XL_OPEN_CLIP}transformer.resblocks.31.mlp.c_fc.weight") == (5120, 1280)
+    assert f"{XL_OPEN_CLIP}transformer.resblocks.32.ln_1.weight" not in spec
+
+
+@pytest.mark.parametrize("size", [SD15, SD15_SMALL, SDXL, SDXL_SMALL],
+                         ids=["sd15", "sd15-small", "sdxl", "sdxl-small"])
 def test_unet_skip_channels_add_up(size):
     """Each output block's first conv takes its input plus the matching skip: in_layers.2 in == norm width."""
     spec = tm.checkpoint_spec(size)
@@ -134,7 +170,7 @@ def test_same_seed_same_bits_other_seed_other_weights(kind, small_models):
 
 
 def test_a_key_does_not_depend_on_the_other_keys(small_models):
-    spec = tm.checkpoint_spec(SDXL)
+    spec = tm.checkpoint_spec(SDXL_SMALL)
     for key in (f"{UNET}out.2.weight", f"{XL_OPEN_CLIP}text_projection"):
         assert torch.equal(tm.materialize({key: spec[key]}, seed=1)[key], small_models["sdxl"][key])
 
@@ -214,13 +250,14 @@ def test_zero_text_encoder_sd15_encodes_every_prompt_to_zero(zero_te_models, sma
 
 def test_zero_text_encoder_sdxl_zeroes_both_encoders_and_pooled(zero_te_models, small_models):
     sd = zero_te_models["sdxl"]
-    hidden, _ = hf_clip_text_forward(sd, XL_CLIP_L, SDXL.clip_l, _prompts(pad_id=49407))
-    crossattn_l = hidden[SDXL.clip_l.layers - 1]  # the yaml's layer_idx
-    penultimate, pooled = open_clip_text_forward(sd, XL_OPEN_CLIP, SDXL.open_clip, _prompts(pad_id=0))
+    hidden, _ = hf_clip_text_forward(sd, XL_CLIP_L, SDXL_SMALL.clip_l, _prompts(pad_id=49407))
+    crossattn_l = hidden[SDXL_SMALL.clip_l.layers - 1]  # the yaml's layer_idx
+    penultimate, pooled = open_clip_text_forward(sd, XL_OPEN_CLIP, SDXL_SMALL.open_clip, _prompts(pad_id=0))
     for t in (crossattn_l, penultimate, pooled):
         assert torch.equal(t, torch.zeros_like(t))
     assert pooled.shape == (4, 1280)
-    _, random_pooled = open_clip_text_forward(small_models["sdxl"], XL_OPEN_CLIP, SDXL.open_clip, _prompts(pad_id=0))
+    _, random_pooled = open_clip_text_forward(small_models["sdxl"], XL_OPEN_CLIP, SDXL_SMALL.open_clip,
+                                              _prompts(pad_id=0))
     assert not torch.equal(random_pooled[0], random_pooled[1])
 
 
@@ -274,9 +311,9 @@ def test_clip_vocab_is_openai_clip_l(tmp_path):
 @needs_bpe
 def test_a1111_files_sdxl(tmp_path):
     hub = tmp_path / "hub"
-    written = tm.write_model(tmp_path / "models", "x", "sdxl", seed=1, hf_cache=hub)
-    assert written.open_clip_arch == f"hf-hub:{SDXL.open_clip.repo_id}"
-    repo = hub / ("models--" + SDXL.open_clip.repo_id.replace("/", "--"))
+    written = tm.write_model(tmp_path / "models", "x", "sdxl", seed=1, small=True, hf_cache=hub)
+    assert written.open_clip_arch == f"hf-hub:{SDXL_SMALL.open_clip.repo_id}"
+    repo = hub / ("models--" + SDXL_SMALL.open_clip.repo_id.replace("/", "--"))
     snapshot = repo / "snapshots" / (repo / "refs" / "main").read_text()
     config = json.loads((snapshot / "open_clip_config.json").read_text())
     assert config["model_cfg"]["embed_dim"] == 1280 and config["model_cfg"]["text_cfg"]["width"] == 64
@@ -284,9 +321,9 @@ def test_a1111_files_sdxl(tmp_path):
     assert not zipfile.is_zipfile(weights_file)  # A1111's safe unpickler rejects torch's new zip entries
     weights = torch.load(weights_file, weights_only=True)
     assert {f"{XL_OPEN_CLIP}{k}" for k in weights if not k.startswith("visual.")} == {
-        k for k in tm.checkpoint_spec(SDXL) if k.startswith(XL_OPEN_CLIP)}
+        k for k in tm.checkpoint_spec(SDXL_SMALL) if k.startswith(XL_OPEN_CLIP)}
     folder = written.text_config_folder
-    assert json.loads((folder / "config.json").read_text())["hidden_size"] == SDXL.clip_l.hidden
+    assert json.loads((folder / "config.json").read_text())["hidden_size"] == SDXL_SMALL.clip_l.hidden
     assert (folder / "merges.txt").read_text().startswith("#version: 0.2\ni n\n")
     yaml_text = written.yaml.read_text()
     assert f'version: "{folder}"' in yaml_text and f'arch: "{written.open_clip_arch}"' in yaml_text
@@ -300,6 +337,42 @@ def test_yaml_round_trips(tmp_path):
     assert loaded == tm.sd15_config(SD15_SMALL, str(written.text_config_folder))
     xl = tm.sdxl_config(SDXL, "/x/clip", "hf-hub:o/n")
     assert yaml.safe_load("\n".join(tm.to_yaml(xl))) == xl
+
+
+def test_sdxl_yaml_gives_a1111_this_unet_and_the_bigg_text_tower():
+    """A1111's sgm UNetModel takes one transformer depth per level plus the middle's; its FrozenOpenCLIPEmbedder2
+    builds open_clip's own ViT-bigG-14 (on the meta device, the checkpoint fills it); SD1.5's ldm UNet one depth."""
+    params = tm.sdxl_config(SDXL, "/x/clip", "ViT-bigG-14")["model"]["params"]
+    unet = params["network_config"]["params"]
+    assert (unet["transformer_depth"], unet["transformer_depth_middle"]) == ([0, 1, 2], 2)
+    assert (unet["attention_resolutions"], unet["context_dim"], unet["adm_in_channels"]) == ([2, 4], 2048, 2816)
+    assert (unet["model_channels"], unet["num_head_channels"], unet["use_linear_in_transformer"]) == (320, 64, True)
+    embedders = params["conditioner_config"]["params"]["emb_models"]
+    assert embedders[0]["params"] == {"layer": "hidden", "layer_idx": 11, "version": "/x/clip"}
+    assert embedders[1]["params"]["arch"] == "ViT-bigG-14" and embedders[1]["params"]["version"] is None
+    assert params["first_stage_config"]["params"]["ddconfig"]["ch_mult"] == [1, 2, 4, 4]
+    assert tm.sd15_config(SD15, "/x/clip")["model"]["params"]["unet_config"]["params"]["transformer_depth"] == 1
+    mixed = tm.UnetSize(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, transformer_depth=(1, 2),
+                        transformer_depth_middle=1, context_dim=64, use_linear_in_transformer=False, num_heads=2)
+    with pytest.raises(tm.TinyModelError, match="one transformer depth"):
+        tm._unet_params(mixed, ldm=True)
+
+
+def test_streamed_file_is_the_in_memory_file(tmp_path, small_models):
+    """write_model makes one tensor at a time; the bytes are those of the whole state dict written at once."""
+    written = tm.write_model(tmp_path, "s", "sdxl", seed=1, small=True, a1111_files=False)
+    with safe_open(str(written.checkpoint), "pt") as f:
+        metadata = f.metadata()
+    tm.save_safetensors(small_models["sdxl"], tmp_path / "whole.safetensors", metadata)
+    assert written.checkpoint.read_bytes() == (tmp_path / "whole.safetensors").read_bytes()
+
+
+def test_a_tensor_unlike_its_header_stops_the_write_and_leaves_no_file(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    layout = {"a": ((2,), torch.float16), "b": ((3,), torch.float16)}
+    with pytest.raises(tm.TinyModelError, match=r"b: got \(2,\)"):
+        tm.write_safetensors(layout, lambda key: torch.zeros(2, dtype=torch.float16), path, {})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_writes_deterministic_files(tmp_path):
@@ -336,7 +409,7 @@ def test_open_clip_loads_the_hub_model_and_matches_reference(tmp_path, small_mod
     open_clip = pytest.importorskip("open_clip")
     hf_constants = pytest.importorskip("huggingface_hub.constants")
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    arch = tm.write_open_clip_hub_model(tmp_path, SDXL.open_clip)
+    arch = tm.write_open_clip_hub_model(tmp_path, SDXL_SMALL.open_clip)
     model = open_clip.create_model(arch, cache_dir=str(tmp_path))
     text = {k: v for k, v in model.state_dict().items() if not k.startswith("visual.")}
     ours = {k[len(XL_OPEN_CLIP):]: v.float() for k, v in small_models["sdxl"].items() if k.startswith(XL_OPEN_CLIP)}
@@ -345,5 +418,34 @@ def test_open_clip_loads_the_hub_model_and_matches_reference(tmp_path, small_mod
     ids = _prompts(pad_id=0)
     with torch.no_grad():
         pooled = model.encode_text(ids)
-    _, reference = open_clip_text_forward(small_models["sdxl"], XL_OPEN_CLIP, SDXL.open_clip, ids)
+    _, reference = open_clip_text_forward(small_models["sdxl"], XL_OPEN_CLIP, SDXL_SMALL.open_clip, ids)
     torch.testing.assert_close(pooled, reference, atol=1e-4, rtol=1e-4)
+
+
+@needs_bpe
+def test_sdxl_text_encoders_have_the_shapes_of_open_clip_bigg_and_transformers_clip_l(tmp_path):
+    """The real-size SDXL's text towers, key for key, against the libraries' own models (built on the meta device)."""
+    open_clip = pytest.importorskip("open_clip")
+    transformers = pytest.importorskip("transformers")
+    spec = tm.checkpoint_spec(SDXL)
+    with torch.device("meta"):
+        bigg = open_clip.create_model("ViT-bigG-14", pretrained=None, device="meta")
+    expected = {XL_OPEN_CLIP + k: tuple(v.shape) for k, v in bigg.state_dict().items() if not k.startswith("visual.")}
+    assert {k: _shape(spec, k) for k in spec if k.startswith(XL_OPEN_CLIP)} == expected
+    folder = tm.write_clip_text_folder(tmp_path / "clip", SDXL.clip_l, tm.find_clip_bpe())
+    with torch.device("meta"):
+        clip_l = transformers.CLIPTextModel(transformers.CLIPTextConfig.from_pretrained(str(folder)))
+    expected = {XL_CLIP_L + k: tuple(v.shape) for k, v in clip_l.state_dict().items()}
+    assert {k: _shape(spec, k) for k in spec if k.startswith(XL_CLIP_L)} == expected
+
+
+def test_text_encoder_seed_shares_the_text_encoders_only(tmp_path):
+    """The SDXL merge pair shares its text encoders (a merge of them then costs no memory in the tests)."""
+    a = tm.write_model(tmp_path, "a", "sdxl", seed=1, small=True, a1111_files=False)
+    b = tm.write_model(tmp_path, "b", "sdxl", seed=2, small=True, a1111_files=False, text_encoder_seed=1)
+    with safe_open(str(a.checkpoint), "pt") as fa, safe_open(str(b.checkpoint), "pt") as fb:
+        assert fb.metadata()["uncondlab.text_encoder_seed"] == "1"
+        assert "uncondlab.text_encoder_seed" not in fa.metadata()
+        for key in fa.keys():
+            same = torch.equal(fa.get_tensor(key), fb.get_tensor(key))
+            assert same == (tm.is_text_encoder_key(key) or key.endswith("position_ids")), key

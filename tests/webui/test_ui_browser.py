@@ -5,7 +5,7 @@ otherwise. Screenshots go to `UNCOND_LAB_SCREENSHOTS` when set.
 
 The README's pictures (docs/images/*.png) are made here, from the running WebUI, on every run: a test fails when
 one can no longer be made. `UNCOND_LAB_UPDATE_PICTURES=1` writes them into docs/images/ (at most 900 px wide,
-128-colour PNGs; needs Pillow), from A1111, whose tiny SDXL checkpoint shows the zero uncond that SD1.5 lacks.
+128-colour PNGs; needs Pillow), from A1111 (an SDXL checkpoint shows the zero uncond that SD1.5 lacks).
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.webui.conftest import SD15, SDXL
+
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = os.environ.get("UNCOND_LAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
@@ -24,7 +26,7 @@ if not Path(CHROMIUM).exists():
 PICTURES = Path(__file__).resolve().parents[2] / "docs" / "images"
 UPDATE_PICTURES = os.environ.get("UNCOND_LAB_UPDATE_PICTURES") == "1"
 MAX_PICTURE_WIDTH = 900  # px; the README's pictures are kept small (a few hundred KB in all)
-SD15, SD15_B, SDXL = "uncondlab-tiny-sd15-a", "uncondlab-tiny-sd15-b", "uncondlab-tiny-sdxl-a"
+SD15_B = "uncondlab-tiny-sd15-b"
 
 PASTED = ("a lighthouse at dusk\nSteps: 4, Sampler: Euler, CFG scale: 7.0, Seed: 1234, Size: 64x64, "
           "Uncond zero weight: 0.7, Uncond start: 0.1, Uncond end: 0.9")
@@ -182,8 +184,8 @@ def text_field(page, elem_id: str):
     return page.locator(f"#{elem_id} textarea, #{elem_id} input[type=text]").first
 
 
-def test_compare_grid_picture(page, webui):
-    webui.use_checkpoint(SD15 if webui.kind == "reforge" else SDXL)
+def test_compare_grid_on_sdxl_picture(page, webui):
+    webui.use_checkpoint(SDXL)
     open_txt2img(page)
     small_txt2img(page)
     choose(page, "txt2img_scheduler", "Automatic")  # the pasted infotexts above set RF and its schedule
@@ -200,8 +202,8 @@ def test_compare_grid_picture(page, webui):
     page.locator("#script_txt2img_uncond_lab_compare input").uncheck()
 
 
-def test_xyz_plot_with_uncond_lab_axes_picture(page, webui):
-    webui.use_checkpoint(SD15 if webui.kind == "reforge" else SDXL)
+def test_xyz_plot_with_uncond_lab_axes_on_sdxl_picture(page, webui):
+    webui.use_checkpoint(SDXL)
     open_txt2img(page)
     small_txt2img(page, size=64)
     choose(page, "tab_txt2img #script_list", "X/Y/Z plot")
@@ -215,11 +217,9 @@ def test_xyz_plot_with_uncond_lab_axes_picture(page, webui):
     choose(page, "tab_txt2img #script_list", "None")
 
 
-def test_probe_of_checkpoints_picture(page, webui):
+def test_probe_of_sd15_and_sdxl_checkpoints_picture(page, webui):
     webui.use_checkpoint(SD15)
-    shelf = [SD15_B, "uncondlab-tiny-sd15-zero-te", "uncondlab-tiny-sd15-flow"]
-    if webui.kind != "reforge":
-        shelf += [SDXL, "uncondlab-tiny-sdxl-b"]
+    shelf = [SD15_B, "uncondlab-tiny-sd15-zero-te", "uncondlab-tiny-sd15-flow", SDXL, "uncondlab-vega-sdxl-b"]
     emphasis = webui.get("/sdapi/v1/options")["emphasis"]
     webui.post("/sdapi/v1/options", {"emphasis": "No norm"})  # a text encoder that outputs exactly zero: 0/0
     try:

@@ -6,6 +6,7 @@ import pytest
 
 from lib_ext.settings import Settings
 from tests.webui.client import ApiError, b64_png
+from tests.webui.conftest import SDXL
 
 NULL = {"enabled": True, "zero_weight": 0.0}
 ZERO = {"enabled": True, "zero_weight": 1.0}
@@ -54,15 +55,25 @@ def test_sdxl_null_uncond_with_long_and_composed_prompts(sdxl, prompt):
     assert sdxl.txt2img(NULL, prompt=prompt).pixels == sdxl.txt2img(negative_prompt=" ", prompt=prompt).pixels
 
 
-def test_sdxl_batch_of_two(sdxl):
-    assert sdxl.txt2img(NULL, batch_size=2).pixels == sdxl.txt2img(negative_prompt=" ", batch_size=2).pixels
-    assert sdxl.txt2img(ZERO, batch_size=2).pixels == sdxl.txt2img(batch_size=2).pixels
+@pytest.mark.parametrize("prompt", ["a lighthouse at dusk", "a lighthouse AND a storm"], ids=["plain", "AND"])
+def test_sdxl_batch_of_two(sdxl, prompt):
+    params = {"batch_size": 2, "prompt": prompt}
+    null = sdxl.txt2img(NULL, **params)
+    assert len(null.images) == 2 and null.pixels == sdxl.txt2img(negative_prompt=" ", **params).pixels
+    assert sdxl.txt2img(ZERO, **params).pixels == sdxl.txt2img(**params).pixels
 
 
 def test_sdxl_prompt_edited_negative_is_never_zeroed(sdxl):
     # "[:blurry:2]" is "" for two steps, but the WebUIs only zero a negative whose every schedule text is "".
     negative = "[:blurry:2]"
     assert sdxl.txt2img(NULL, negative_prompt=negative).pixels == sdxl.txt2img(negative_prompt=negative).pixels
+
+
+def test_sdxl_blend_lies_between_null_and_zero(sdxl):
+    blend = sdxl.txt2img({"enabled": True, "zero_weight": 0.5})
+    assert blend.pixels == sdxl.txt2img({"enabled": True, "zero_weight": 0.5}).pixels
+    assert blend.pixels not in (sdxl.txt2img(ZERO).pixels, sdxl.txt2img(NULL).pixels)
+    assert "Uncond zero weight: 0.5" in blend.infotexts[0]
 
 
 def test_sdxl_window_limits_the_zero_weight(sdxl):
@@ -85,6 +96,13 @@ def test_sdxl_hires_pass_settings(sdxl):
     own = sdxl.txt2img({**NULL, "hr_mode": "own", "hr_zero_weight": 1.0}, **HIRES)
     assert own.pixels == untouched.pixels != same.pixels
     assert "Uncond hires: own" in own.infotexts[0]
+
+
+def test_sdxl_cfg_one_runs_and_says_the_uncond_is_unused(sdxl):
+    at_cfg_one = sdxl.txt2img(ZERO, cfg_scale=1.0)
+    assert at_cfg_one.images and "Uncond Lab note" in at_cfg_one.infotexts[0]
+    if sdxl.kind == "reforge":  # it computes no uncond at CFG 1: any zero weight is the plain picture
+        assert at_cfg_one.pixels == sdxl.txt2img(NULL, cfg_scale=1.0).pixels == sdxl.txt2img(cfg_scale=1.0).pixels
 
 
 def test_sdxl_img2img(sdxl):
@@ -152,7 +170,7 @@ def test_sdxl_failure_and_interrupt_leave_nothing_behind(sdxl):
     with pytest.raises(ApiError):
         sdxl.txt2img(NULL, scripts={"Uncond Lab test faults": {"args": [{"fail_at_call": 2}]}})
     sdxl.txt2img(NULL, scripts={"Uncond Lab test faults": {"args": [{"interrupt_at_call": 2}]}})
-    assert sdxl.txt2img().pixels == sdxl.fresh["uncondlab-tiny-sdxl-a"]
+    assert sdxl.txt2img().pixels == sdxl.fresh[SDXL]
 
 
 # --- X/Y/Z plot -----------------------------------------------------------------------------------------

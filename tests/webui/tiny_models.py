@@ -1,9 +1,9 @@
-"""Tiny random-weight SD1.5 and SDXL checkpoints for the WebUI integration tests.
+"""Random-weight SD1.5 and SDXL test checkpoints for the WebUI integration tests.
 
 Writes `<name>.safetensors` with the key names and layouts of real checkpoints, and for A1111 the `<name>.yaml`
 it reads next to a checkpoint, plus the local folders that yaml points to, so that nothing is fetched from a hub:
 
-    python -m tests.webui.tiny_models --out DIR --kind sdxl --seed 1 --name tiny-sdxl-a \
+    python -m tests.webui.tiny_models --out DIR --kind sdxl --seed 1 --name uncondlab-vega-sdxl-a \
         [--zero-text-encoder] [--metadata KEY=VALUE ...] [--small]
 
 Layouts (A1111 1.10 names; `P` = the prefix of the part):
@@ -12,22 +12,31 @@ Layouts (A1111 1.10 names; `P` = the prefix of the part):
   reForge builds from its own fixed config), `first_stage_model.*` (full SD VAE, same reason) and the DDPM
   schedule buffers (`alphas_cumprod`, ...) of real SD1.5 files. `--small` shrinks CLIP-L and the VAE for CI; such
   a file loads in A1111 (through its yaml), not in reForge.
-- sdxl: sgm `DiffusionEngine` names. `conditioner.embedders.0.transformer.text_model.*` is a narrow CLIP-L (hidden
-  layer, penultimate), `conditioner.embedders.1.model.*` a narrow OpenCLIP text tower (penultimate layer for
-  crossattn, `ln_final` + `text_projection` to 1280 for the pooled vector). As in real SDXL:
-  vector = [pooled (1280) | original_size (512) | crop_coords (512) | target_size (512)] = 2816, so
-  `vector[:, :1280]` is the pooled text part; crossattn = [CLIP-L hidden | OpenCLIP penultimate] along channels
-  (here 64 + 64 = 128, where real SDXL has 768 + 1280). open_clip knows no architecture that small, so the yaml
-  names it `hf-hub:uncondlab/...`, a model folder this script writes into the local Hugging Face cache
-  (`--hf-cache`, default: where huggingface_hub looks, honouring HF_HUB_CACHE / HF_HOME); run the WebUI with
-  HF_HUB_OFFLINE=1 so open_clip takes it from there.
+- sdxl: sgm `DiffusionEngine` names. `conditioner.embedders.0.transformer.text_model.*` is CLIP-L (hidden layer 11,
+  i.e. the penultimate), `conditioner.embedders.1.model.*` the OpenCLIP ViT-bigG-14 text tower (1280 wide, 32
+  layers; penultimate layer for crossattn, `ln_final` + `text_projection` for the 1280-wide pooled vector),
+  `first_stage_model.*` the SD/SDXL VAE: the real sizes, because reForge builds both text encoders and the VAE
+  from its own fixed configs. The UNet is the smallest one reForge still calls SDXL: it matches SDXL-family UNets
+  by `model_channels` 320, `context_dim` 2048, `adm_in_channels` 2816 and the exact per-block `transformer_depth`
+  list, whose smallest known entry is Segmind Vega's [0, 0, 1, 1, 2, 2] (levels of 320/640/1280 channels with 0/1/2
+  transformer blocks, 2 res blocks each). Vega has no middle-block transformer, which A1111 takes for SSD-1B and
+  cannot load; this file has one of depth 2 (reForge does not match on it), and its yaml tells A1111
+  `transformer_depth: [0, 1, 2]`, `transformer_depth_middle: 2`. About 1.65 B parameters, 3.3 GB in fp16.
+  As in real SDXL: vector = [pooled (1280) | original_size (512) | crop_coords (512) | target_size (512)] = 2816,
+  so `vector[:, :1280]` is the pooled text part; crossattn = [CLIP-L hidden | OpenCLIP penultimate] = 768 + 1280.
+  `--small` is the old tiny SDXL (text encoders 64 wide, 32-channel UNet with the real block names; A1111 only):
+  open_clip knows no architecture that small, so its yaml names it `hf-hub:uncondlab/...`, a model folder this
+  script writes into the local Hugging Face cache (`--hf-cache`, default: where huggingface_hub looks, honouring
+  HF_HUB_CACHE / HF_HOME); run the WebUI with HF_HUB_OFFLINE=1 so open_clip takes it from there.
 
-Every tensor is drawn from its own generator seeded by (seed, key), so files are reproducible bit for bit and a
-key's values do not depend on which other keys exist. `--zero-text-encoder` zeroes the token and position
-embeddings, every residual-branch output projection and the final LayerNorm bias of each text encoder: the
-residual stream then stays exactly 0, so every prompt (including "") encodes to exactly 0, pooled output too.
-In A1111 such a file needs the `emphasis` option set to "No norm", "Ignore" or "None": the default "Original"
-rescales the cond by old_mean / new_mean = 0 / 0 and the UNet then fails A1111's NaN check.
+Every tensor is drawn from its own generator seeded by (seed, key), so files are reproducible bit for bit (the
+`__metadata__` is written sorted) and a key's values do not depend on which other keys exist. Tensors are
+generated and written one at a time, so writing a 3.3 GB file needs a few hundred MB of memory, not the file's
+size. `--zero-text-encoder` zeroes the token and position embeddings, every residual-branch output projection and
+the final LayerNorm bias of each text encoder: the residual stream then stays exactly 0, so every prompt
+(including "") encodes to exactly 0, pooled output too. In A1111 such a file needs the `emphasis` option set to
+"No norm", "Ignore" or "None": the default "Original" rescales the cond by old_mean / new_mean = 0 / 0 and the UNet
+then fails A1111's NaN check.
 
 Needs only torch (it writes the safetensors format itself); the CLIP tokenizer files come from the BPE table
 that the `clip` or `open_clip` package ships (k-diffusion depends on `clip`).
@@ -35,7 +44,6 @@ that the `clip` or `open_clip` package ships (k-diffusion depends on `clip`).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gzip
 import hashlib
 import importlib.util
@@ -46,7 +54,7 @@ import re
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -104,8 +112,8 @@ class UnetSize:
     model_channels: int
     channel_mult: Tuple[int, ...]
     num_res_blocks: int
-    attention_levels: Tuple[int, ...]  # indices into channel_mult whose blocks carry a SpatialTransformer
-    transformer_depth: int
+    transformer_depth: Tuple[int, ...]  # per level of channel_mult: SpatialTransformer depth, 0 = none
+    transformer_depth_middle: int       # the middle block's (A1111 needs one: without it, it is SSD-1B)
     context_dim: int
     use_linear_in_transformer: bool
     num_heads: int = -1          # ldm style (SD1.5: 8), or
@@ -113,6 +121,11 @@ class UnetSize:
     adm_in_channels: Optional[int] = None
     in_channels: int = 4
     out_channels: int = 4
+
+    @property
+    def attention_levels(self) -> Tuple[int, ...]:
+        """Indices into channel_mult whose blocks carry a SpatialTransformer."""
+        return tuple(level for level, depth in enumerate(self.transformer_depth) if depth)
 
 
 @dataclass(frozen=True)
@@ -125,33 +138,41 @@ class ModelSize:
 
 
 CLIP_L = ClipTextSize(hidden=768, layers=12, heads=12, intermediate=3072)
-SD_VAE = VaeSize(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2)
+OPEN_CLIP_BIGG = OpenClipTextSize(width=1280, layers=32, heads=20, embed_dim=1280)  # ViT-bigG-14's text tower
+SD_VAE = VaeSize(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2)  # SD1.x and SDXL share this layout
 TINY_VAE = VaeSize(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1)  # GroupNorm(32) needs multiples of 32
 TINY_CLIP_L = ClipTextSize(hidden=64, layers=2, heads=2, intermediate=256)
 TINY_OPEN_CLIP = OpenClipTextSize(width=64, layers=2, heads=2, embed_dim=1280)
-SDXL_ADM_CHANNELS = TINY_OPEN_CLIP.embed_dim + 3 * 512  # pooled + 3 ConcatTimestepEmbedderND(outdim=256)
+SDXL_ADM_CHANNELS = 1280 + 3 * 512  # pooled + 3 ConcatTimestepEmbedderND(outdim=256)
 
 SIZES: Dict[Tuple[str, bool], ModelSize] = {
     ("sd15", False): ModelSize(
         kind="sd15",
-        unet=UnetSize(model_channels=320, channel_mult=(1,), num_res_blocks=1, attention_levels=(0,),
-                      transformer_depth=1, context_dim=768, use_linear_in_transformer=False, num_heads=8),
+        unet=UnetSize(model_channels=320, channel_mult=(1,), num_res_blocks=1, transformer_depth=(1,),
+                      transformer_depth_middle=1, context_dim=768, use_linear_in_transformer=False, num_heads=8),
         vae=SD_VAE, clip_l=CLIP_L),
     ("sd15", True): ModelSize(
         kind="sd15",
-        unet=UnetSize(model_channels=32, channel_mult=(1,), num_res_blocks=1, attention_levels=(0,),
-                      transformer_depth=1, context_dim=TINY_CLIP_L.hidden, use_linear_in_transformer=False,
+        unet=UnetSize(model_channels=32, channel_mult=(1,), num_res_blocks=1, transformer_depth=(1,),
+                      transformer_depth_middle=1, context_dim=TINY_CLIP_L.hidden, use_linear_in_transformer=False,
                       num_heads=2),
         vae=TINY_VAE, clip_l=TINY_CLIP_L),
+    # Segmind Vega's UNet plus a middle transformer (see the module docstring): what reForge loads as SDXL.
+    ("sdxl", False): ModelSize(
+        kind="sdxl",
+        unet=UnetSize(model_channels=320, channel_mult=(1, 2, 4), num_res_blocks=2, transformer_depth=(0, 1, 2),
+                      transformer_depth_middle=2, context_dim=CLIP_L.hidden + OPEN_CLIP_BIGG.width,
+                      use_linear_in_transformer=True, num_head_channels=64, adm_in_channels=SDXL_ADM_CHANNELS),
+        vae=SD_VAE, clip_l=CLIP_L, open_clip=OPEN_CLIP_BIGG),
+    # SDXL's block structure (3 levels, 2 res blocks, attention on levels 2 and 3: input_blocks 0-8, middle,
+    # output_blocks 0-8 as in real SDXL, so block-wise merges see the real names), 32 channels wide.
+    ("sdxl", True): ModelSize(
+        kind="sdxl",
+        unet=UnetSize(model_channels=32, channel_mult=(1, 2, 4), num_res_blocks=2, transformer_depth=(0, 1, 1),
+                      transformer_depth_middle=1, context_dim=TINY_CLIP_L.hidden + TINY_OPEN_CLIP.width,
+                      use_linear_in_transformer=True, num_head_channels=32, adm_in_channels=SDXL_ADM_CHANNELS),
+        vae=TINY_VAE, clip_l=TINY_CLIP_L, open_clip=TINY_OPEN_CLIP),
 }
-# SDXL's block structure (3 levels, 2 res blocks, attention on levels 2 and 3: input_blocks 0-8, middle,
-# output_blocks 0-8 as in real SDXL, so block-wise merges see the real names), 32 channels wide.
-SIZES[("sdxl", False)] = SIZES[("sdxl", True)] = ModelSize(
-    kind="sdxl",
-    unet=UnetSize(model_channels=32, channel_mult=(1, 2, 4), num_res_blocks=2, attention_levels=(1, 2),
-                  transformer_depth=1, context_dim=TINY_CLIP_L.hidden + TINY_OPEN_CLIP.width,
-                  use_linear_in_transformer=True, num_head_channels=32, adm_in_channels=SDXL_ADM_CHANNELS),
-    vae=TINY_VAE, clip_l=TINY_CLIP_L, open_clip=TINY_OPEN_CLIP)
 
 
 def model_size(kind: str, small: bool = False) -> ModelSize:
@@ -312,14 +333,14 @@ def _unet_resblock(spec: Spec, key: str, in_c: int, out_c: int, emb_c: int) -> N
         _conv(spec, f"{key}.skip_connection", out_c, in_c, 1)
 
 
-def _spatial_transformer(spec: Spec, key: str, channels: int, size: UnetSize) -> None:
+def _spatial_transformer(spec: Spec, key: str, channels: int, depth: int, size: UnetSize) -> None:
     """`SpatialTransformer` with `BasicTransformerBlock`s (GEGLU feed-forward); inner dim = channels."""
     _norm(spec, f"{key}.norm", channels)
     if size.use_linear_in_transformer:
         _linear(spec, f"{key}.proj_in", channels, channels)
     else:
         _conv(spec, f"{key}.proj_in", channels, channels, 1)
-    for d in range(size.transformer_depth):
+    for d in range(depth):
         block = f"{key}.transformer_blocks.{d}"
         for attn, ctx in (("attn1", channels), ("attn2", size.context_dim)):
             _linear(spec, f"{block}.{attn}.to_q", channels, channels, bias=False)
@@ -353,7 +374,8 @@ def unet_spec(prefix: str, size: UnetSize) -> Spec:
             _unet_resblock(spec, f"{prefix}input_blocks.{index}.0", ch, mult * mc, emb_c)
             ch = mult * mc
             if level in size.attention_levels:
-                _spatial_transformer(spec, f"{prefix}input_blocks.{index}.1", ch, size)
+                _spatial_transformer(spec, f"{prefix}input_blocks.{index}.1", ch, size.transformer_depth[level],
+                                     size)
             skip_channels.append(ch)
             index += 1
         if level != len(size.channel_mult) - 1:
@@ -362,7 +384,7 @@ def unet_spec(prefix: str, size: UnetSize) -> Spec:
             index += 1
 
     _unet_resblock(spec, f"{prefix}middle_block.0", ch, ch, emb_c)
-    _spatial_transformer(spec, f"{prefix}middle_block.1", ch, size)
+    _spatial_transformer(spec, f"{prefix}middle_block.1", ch, size.transformer_depth_middle, size)
     _unet_resblock(spec, f"{prefix}middle_block.2", ch, ch, emb_c)
 
     index = 0
@@ -372,7 +394,8 @@ def unet_spec(prefix: str, size: UnetSize) -> Spec:
             ch = mc * mult
             sub = 1
             if level in size.attention_levels:
-                _spatial_transformer(spec, f"{prefix}output_blocks.{index}.1", ch, size)
+                _spatial_transformer(spec, f"{prefix}output_blocks.{index}.1", ch, size.transformer_depth[level],
+                                     size)
                 sub = 2
             if level and i == size.num_res_blocks:
                 _conv(spec, f"{prefix}output_blocks.{index}.{sub}.conv", ch, ch, 3)
@@ -446,6 +469,13 @@ def is_zeroed_by_zero_text_encoder(key: str) -> bool:
     return _ZERO_TE_RE.search(key) is not None
 
 
+TEXT_ENCODER_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
+
+
+def is_text_encoder_key(key: str) -> bool:
+    return key.startswith(TEXT_ENCODER_PREFIXES)
+
+
 # --- materialising -----------------------------------------------------------------------------------------
 
 def key_seed(seed: int, key: str) -> int:
@@ -470,21 +500,26 @@ def _init_tensor(shape: Tuple[int, ...], init: str, generator: torch.Generator) 
     raise TinyModelError(f"unknown init rule {init!r}")
 
 
+def _tensor_dtype(init: str, dtype: torch.dtype) -> torch.dtype:
+    """Floats in `dtype`, except the DDPM schedule (float32, as ldm saves it); position ids int64."""
+    return torch.int64 if init == "position_ids" else torch.float32 if init.startswith("schedule:") else dtype
+
+
+def make_tensor(key: str, shape: Tuple[int, ...], init: str, seed: int, dtype: torch.dtype = torch.float16,
+                zero_text_encoder: bool = False) -> torch.Tensor:
+    """The tensor of one key: a function of (seed, key, shape, init) only."""
+    if init.startswith("schedule:"):
+        return ddpm_schedule(timesteps=shape[0])[init.split(":", 1)[1]].clone()
+    tensor = _init_tensor(shape, init, torch.Generator().manual_seed(key_seed(seed, key)))
+    if zero_text_encoder and is_zeroed_by_zero_text_encoder(key):
+        tensor = torch.zeros_like(tensor)
+    return tensor.to(_tensor_dtype(init, dtype))
+
+
 def materialize(spec: Mapping[str, Tuple[Tuple[int, ...], str]], seed: int, dtype: torch.dtype = torch.float16,
                 zero_text_encoder: bool = False) -> Dict[str, torch.Tensor]:
-    """Random tensors for `spec`: floats in `dtype`, except the DDPM schedule (float32); position ids int64."""
-    schedule = None
-    state_dict: Dict[str, torch.Tensor] = {}
-    for key, (shape, init) in spec.items():
-        if init.startswith("schedule:"):
-            schedule = schedule or ddpm_schedule(timesteps=shape[0])
-            state_dict[key] = schedule[init.split(":", 1)[1]].clone()
-            continue
-        tensor = _init_tensor(shape, init, torch.Generator().manual_seed(key_seed(seed, key)))
-        if zero_text_encoder and is_zeroed_by_zero_text_encoder(key):
-            tensor = torch.zeros_like(tensor)
-        state_dict[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
-    return state_dict
+    """Random tensors for `spec`, all in memory (`write_model` makes them one at a time instead)."""
+    return {key: make_tensor(key, shape, init, seed, dtype, zero_text_encoder) for key, (shape, init) in spec.items()}
 
 
 def build_state_dict(kind: str, seed: int, small: bool = False, zero_text_encoder: bool = False,
@@ -603,27 +638,41 @@ _SAFETENSORS_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float
 
 
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
+    """`write_safetensors` for tensors already in memory."""
+    layout = {key: (tuple(tensor.shape), tensor.dtype) for key, tensor in tensors.items()}
+    write_safetensors(layout, tensors.__getitem__, path, metadata)
+
+
+def write_safetensors(layout: Mapping[str, Tuple[Tuple[int, ...], torch.dtype]],
+                      tensor_of: Callable[[str], torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
     """The safetensors format (8-byte header length, JSON header, raw little-endian data), written byte-for-byte
     reproducibly: the safetensors library orders `__metadata__` by hash, so its files differ run to run, and
-    A1111 names checkpoints by the sha256 of the file."""
+    A1111 names checkpoints by the sha256 of the file. The header comes from `layout` (key -> shape, dtype), so
+    each tensor is only asked for (`tensor_of(key)`) when its bytes are written, and dropped after."""
     header: Dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
-    offset, blobs = 0, []
-    for key, tensor in tensors.items():
-        storage = tensor.detach().reshape(-1).clone().untyped_storage()  # clone: a storage of exactly it
-        blob = ctypes.string_at(storage.data_ptr(), storage.nbytes())
-        header[key] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
-                       "data_offsets": [offset, offset + len(blob)]}
-        offset += len(blob)
-        blobs.append(blob)
+    offset = 0
+    for key, (shape, dtype) in layout.items():
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        header[key] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                       "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)  # readers expect the data to start 8-byte aligned
     partial = Path(f"{path}.partial")  # then renamed: a WebUI reading the old file keeps a whole one
-    with open(partial, "wb") as f:
-        f.write(len(encoded).to_bytes(8, "little"))
-        f.write(encoded)
-        for blob in blobs:
-            f.write(blob)
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as f:
+            f.write(len(encoded).to_bytes(8, "little"))
+            f.write(encoded)
+            for key, (shape, dtype) in layout.items():
+                tensor = tensor_of(key).detach()
+                if tuple(tensor.shape) != tuple(shape) or tensor.dtype != dtype:
+                    raise TinyModelError(f"{key}: got {tuple(tensor.shape)} {tensor.dtype}, "
+                                         f"the header says {tuple(shape)} {dtype}")
+                f.write(tensor.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        os.replace(partial, path)
+    finally:
+        if partial.exists():
+            partial.unlink()
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -638,9 +687,17 @@ def _unet_params(size: UnetSize, ldm: bool) -> dict:
         "use_checkpoint": False, "in_channels": size.in_channels, "out_channels": size.out_channels,
         "model_channels": size.model_channels, "attention_resolutions": ds, "num_res_blocks": size.num_res_blocks,
         "channel_mult": list(size.channel_mult), "use_spatial_transformer": True,
-        "transformer_depth": size.transformer_depth, "context_dim": size.context_dim,
-        "use_linear_in_transformer": size.use_linear_in_transformer, "legacy": False,
+        "context_dim": size.context_dim, "use_linear_in_transformer": size.use_linear_in_transformer,
+        "legacy": False,
     }
+    depths = {size.transformer_depth[level] for level in size.attention_levels} | {size.transformer_depth_middle}
+    if ldm:  # ldm's UNetModel takes one depth for every transformer
+        if len(depths) != 1:
+            raise TinyModelError(f"an ldm UNet has one transformer depth, got {sorted(depths)}")
+        params["transformer_depth"] = depths.pop()
+    else:  # sgm's: a depth per level (only read on levels with attention) and the middle block's
+        params["transformer_depth"] = list(size.transformer_depth)
+        params["transformer_depth_middle"] = size.transformer_depth_middle
     if size.num_head_channels == -1:
         params["num_heads"] = size.num_heads
     else:
@@ -769,8 +826,10 @@ class WrittenModel:
 
 def write_model(out_dir, name: str, kind: str, seed: int, *, small: bool = False, zero_text_encoder: bool = False,
                 metadata: Optional[Mapping[str, str]] = None, dtype: torch.dtype = torch.float16,
-                a1111_files: bool = True, hf_cache=None, bpe_path=None) -> WrittenModel:
-    """Write `<out_dir>/<name>.safetensors` and, with `a1111_files`, the yaml and the folders it points to."""
+                a1111_files: bool = True, hf_cache=None, bpe_path=None,
+                text_encoder_seed: Optional[int] = None) -> WrittenModel:
+    """Write `<out_dir>/<name>.safetensors` and, with `a1111_files`, the yaml and the folders it points to.
+    `text_encoder_seed`: draw the text encoders from this seed instead (two files sharing it share them)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise TinyModelError(f"name must be letters, digits, '.', '_' or '-', got {name!r}")
     size = model_size(kind, small)
@@ -781,9 +840,15 @@ def write_model(out_dir, name: str, kind: str, seed: int, *, small: bool = False
         "uncondlab.small": str(small).lower(), "uncondlab.zero_text_encoder": str(zero_text_encoder).lower(),
         "uncondlab.sizes": json.dumps(asdict(size), sort_keys=True),
     }
+    if text_encoder_seed is not None:
+        header["uncondlab.text_encoder_seed"] = str(text_encoder_seed)
     header.update(metadata or {})
     checkpoint = out_dir / f"{name}.safetensors"
-    save_safetensors(build_state_dict(kind, seed, small, zero_text_encoder, dtype), checkpoint, header)
+    spec = checkpoint_spec(size)
+    layout = {key: (shape, _tensor_dtype(init, dtype)) for key, (shape, init) in spec.items()}
+    te_seed = seed if text_encoder_seed is None else text_encoder_seed
+    write_safetensors(layout, lambda key: make_tensor(key, *spec[key], te_seed if is_text_encoder_key(key) else seed,
+                                                      dtype, zero_text_encoder), checkpoint, header)
     if not a1111_files:
         return WrittenModel(checkpoint, None, None, None)
 
@@ -794,7 +859,10 @@ def write_model(out_dir, name: str, kind: str, seed: int, *, small: bool = False
     if kind == "sd15":
         config = sd15_config(size, str(text_folder))
     else:
-        arch = write_open_clip_hub_model(Path(hf_cache) if hf_cache else default_hf_hub_cache(), size.open_clip)
+        if size.open_clip == OPEN_CLIP_BIGG:  # open_clip's own config; A1111 builds it on the meta device
+            arch = "ViT-bigG-14"
+        else:
+            arch = write_open_clip_hub_model(Path(hf_cache) if hf_cache else default_hf_hub_cache(), size.open_clip)
         config = sdxl_config(size, str(text_folder), arch)
     yaml_path = out_dir / f"{name}.yaml"
     _write_text(yaml_path, f"# {GENERATOR}: kind={kind} seed={seed} small={small} "
@@ -811,15 +879,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--kind", choices=KINDS, default="sd15")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", help="file stem (default: uncondlab-tiny-<kind>-s<seed>)")
+    parser.add_argument("--text-encoder-seed", type=int,
+                        help="seed of the text encoders (default: --seed); merge tests share them to save memory")
     parser.add_argument("--zero-text-encoder", action="store_true",
                         help="text encoder(s) map every prompt to exactly 0 (pooled too)")
     parser.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
                         help="extra safetensors __metadata__ entry (repeatable)")
     parser.add_argument("--small", action="store_true",
-                        help="sd15 with tiny CLIP-L/VAE/UNet for fast tests (A1111 only; sdxl is always small)")
+                        help="tiny text encoders, VAE and UNet for fast tests (such files load in A1111 only)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
     parser.add_argument("--safetensors-only", action="store_true", help="skip the A1111 yaml and its folders")
-    parser.add_argument("--hf-cache", help="Hugging Face hub cache for the sdxl OpenCLIP config "
+    parser.add_argument("--hf-cache", help="Hugging Face hub cache for the small sdxl's OpenCLIP config "
                                            f"(default: {default_hf_hub_cache()})")
     parser.add_argument("--bpe", help="path to CLIP's bpe_simple_vocab_16e6.txt.gz (default: from open_clip/clip)")
     args = parser.parse_args(argv)
@@ -827,7 +897,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         written = write_model(args.out, args.name or f"uncondlab-tiny-{args.kind}-s{args.seed}", args.kind,
                               args.seed, small=args.small, zero_text_encoder=args.zero_text_encoder,
                               metadata=parse_metadata(args.metadata), dtype=DTYPES[args.dtype],
-                              a1111_files=not args.safetensors_only, hf_cache=args.hf_cache, bpe_path=args.bpe)
+                              a1111_files=not args.safetensors_only, hf_cache=args.hf_cache, bpe_path=args.bpe,
+                              text_encoder_seed=args.text_encoder_seed)
     except TinyModelError as e:
         parser.error(str(e))
     for label, path in (("checkpoint", written.checkpoint), ("yaml", written.yaml),
