@@ -139,7 +139,8 @@ def _shelf_level_rows(shelf: ShelfProbe):
     return pd.DataFrame([{"log10 sigma": math.log10(sigma), "sigma": sigma,
                           "metric": _shelf_label(rank, row.checkpoint), "value": value}
                          for rank, row in enumerate(shelf.ranked(), 1) if row.result is not None
-                         for sigma, value in zip(row.result.sigmas, row.result.cfg_rel_diff)])
+                         for sigma, value in zip(row.result.sigmas, row.result.cfg_rel_diff)],
+                        columns=["log10 sigma", "sigma", "metric", "value"])  # also when no level was probed
 
 
 def _shelf_table(shelf: ShelfProbe):
