@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from lib_ext.settings import Settings, SettingsError
 from lib_ext.uncond import Cond, blend_toward_zero, embedding_norms
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
@@ -87,8 +88,11 @@ class ProbeSettings:
     cfg_scale: float = 7.0
     latent_shape: tuple[int, ...] = (4, 128, 128)  # SDXL's 1024² latent; smaller is cheaper
     reference: str = "prediction"
+    rf: bool | None = None  # rectified flow as for a generation: None = when the checkpoint declares it
+    shift: float = 3.0      # the flow shift when the probe runs as rectified flow
 
     def __post_init__(self):
+        self._check_flow()
         object.__setattr__(self, "seeds", _int_tuple("seeds", self.seeds))
         object.__setattr__(self, "latent_shape", _int_tuple("latent_shape", self.latent_shape))
         if not isinstance(self.prompt, str):
@@ -120,6 +124,15 @@ class ProbeSettings:
             raise ProbeError(f"Uncond Lab probe: 'reference' must be one of {', '.join(REFERENCES)}, "
                              f"got {self.reference!r}")
 
+    def _check_flow(self) -> None:
+        """`rf` and `shift` take what the Uncond Lab dict takes (true/false/null or the UI's labels)."""
+        try:
+            flow = Settings.from_dict({"rf": self.rf, "shift": self.shift})
+        except SettingsError as error:
+            raise ProbeError(str(error).replace("Uncond Lab:", "Uncond Lab probe:", 1)) from None
+        object.__setattr__(self, "rf", flow.rf)
+        object.__setattr__(self, "shift", flow.shift)
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "ProbeSettings":
         """The API form: named settings, defaults for missing keys, an error for unknown keys."""
@@ -134,7 +147,8 @@ class ProbeSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return {"prompt": self.prompt, "seeds": list(self.seeds), "levels": self.levels,
-                "cfg_scale": self.cfg_scale, "latent_shape": list(self.latent_shape), "reference": self.reference}
+                "cfg_scale": self.cfg_scale, "latent_shape": list(self.latent_shape), "reference": self.reference,
+                "rf": self.rf, "shift": self.shift}
 
 
 # --- noise levels and inputs -----------------------------------------------------------------------------

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from modules import devices, prompt_parser, shared
 
+from lib_ext.flow import DEFAULT_MULTIPLIER, resolve_rf
 from lib_ext.hosts import common, host
 from lib_ext.hosts.webui_state import webui_job
 from lib_ext.merge.sweep import SweepError, parse_ratios
@@ -82,8 +84,9 @@ class ProbeService:
     def _probe(self, sd_model, settings: ProbeSettings, recipe: str | None,
                on_level: Callable[[int, int], None] | None) -> tuple[ProbeResult, bool]:
         with torch.no_grad():  # reForge loads the UNet here, computing a merge's weight patches
-            denoise, sigma_table, noising = host.probe_model(sd_model)
-        key = ProbeKey.for_table(model_identity(sd_model), recipe, settings, sigma_table.cpu(), _variant(sd_model))
+            denoise, sigma_table, noising, flow = _probed_model(sd_model, settings)
+        key = ProbeKey.for_table(model_identity(sd_model), recipe, settings, sigma_table.cpu(),
+                                 _variant(sd_model) + flow)
         cached = self.cache.get(key)
         if cached is not None:
             return cached, True
@@ -110,6 +113,18 @@ class ProbeService:
         log.info("Uncond Lab probe: score %.4f in %d UNet calls (%d rows)", result.score, result.unet_calls,
                  result.unet_rows)
         return result, False
+
+
+def _probed_model(sd_model, settings: ProbeSettings):
+    """(denoise, sigma table, noising, variant) of the loaded model as a generation with Uncond Lab samples it:
+    rectified flow when `settings.rf` asks for it or, left at Model default (None), when the checkpoint
+    declares a flow objective (lib_ext.flow.resolve_rf), else the model's own parameterisation."""
+    metadata = common.checkpoint_metadata(types.SimpleNamespace(sd_model=sd_model))
+    rf_on, _ = resolve_rf(settings.rf, metadata, is_sd3=bool(getattr(sd_model, "is_sd3", False)))
+    if rf_on:
+        return (*host.probe_flow_model(sd_model, settings.shift, DEFAULT_MULTIPLIER),
+                f";flow shift={settings.shift};multiplier={DEFAULT_MULTIPLIER}")
+    return (*host.probe_model(sd_model), "")
 
 
 def interrupted() -> bool:
@@ -175,19 +190,28 @@ def merge_request(values: Any) -> tuple[MergeRequest | None, list[float] | None]
     return request, ratios
 
 
-def register_api(app, service: ProbeService) -> None:
-    """`POST /uncond-lab/v1/probe`: probe settings as JSON in, per-sigma values, score and cost out."""
+def register_api(app, service: ProbeService, checkpoints=None) -> None:
+    """`POST /uncond-lab/v1/probe`: probe settings as JSON in, per-sigma values, score and cost out.
+    With `"checkpoints": [names]`, `checkpoints` (a probe_checkpoints.CheckpointProbe) probes each of them."""
     from fastapi import Body, HTTPException
 
     def probe_route(body: dict = Body(default={})):  # noqa: B008 (FastAPI's idiom)
         try:
             values = dict(body)
+            names = values.pop("checkpoints", None)
             merge, ratios = merge_request(values.pop("merge", None))
             settings = ProbeSettings.from_dict(values)
+            shelf = None if names is None else checkpoints.resolve(names)
+            if shelf is not None and merge is not None:
+                raise ProbeError("Uncond Lab probe: 'checkpoints' and 'merge' cannot be combined; probe the merge "
+                                 "of one model, or several checkpoints as they are")
         except (ProbeError, TypeError) as error:
             raise HTTPException(status_code=422, detail=str(error)) from error
         try:
             with webui_job("uncond_lab_probe"):
+                if shelf is not None:
+                    rows, memory = checkpoints.run(settings, shelf)
+                    return {"model": _model_json(), **rows.to_dict(), "memory": memory}
                 if ratios is not None:
                     sweep, cached = service.sweep(settings, merge, ratios)
                     return sweep_json(sweep, cached, merge)
