@@ -23,13 +23,15 @@ def compare_variants(settings: Settings) -> list[Variant]:
     The blend repeats null or zero when the user's weight is 0 or 1 over the whole range; it is still rendered so
     the grid keeps its shape (and the user sees that it is one of the two).
     """
-    window = f"[{settings.start:g}, {settings.end:g}]"
+    if settings.zero_weight is None:  # no weight asked for: the user's generation has the WebUI's own uncond
+        blend = "yours: the WebUI's own uncond"
+    else:
+        blend = f"blend w = {settings.zero_weight:g} on [{settings.start:g}, {settings.end:g}]"
     return [
         Variant("WebUI default", None),
         Variant("null uncond te(\"\") (w = 0)", {"zero_weight": 0.0, "start": 0.0, "end": 1.0}),
         Variant("zero uncond (w = 1)", {"zero_weight": 1.0, "start": 0.0, "end": 1.0}),
-        Variant(f"blend w = {settings.zero_weight:g} on {window}",
-                {"zero_weight": settings.zero_weight, "start": settings.start, "end": settings.end}),
+        Variant(blend, {"zero_weight": settings.zero_weight, "start": settings.start, "end": settings.end}),
     ]
 
 

@@ -30,7 +30,10 @@ Definitions (the README copies this block):
   are then not evaluated at all), and grows with the CFG scale, as the effect on pictures does.
 - Cost: `unet_calls` counts denoise() invocations (one batched UNet forward each), `unet_rows` the latents
   evaluated over all of them. Cond and null/zero rows share a call when their token counts match; calls hold
-  at most `max_rows` rows.
+  at most `max_rows` rows. The work is bounded before anything is allocated: at most `MAX_LATENT_CHANNELS`
+  channels, `MAX_LATENT_SIDE` latent pixels a side, `MAX_SEED_LEVELS` seeds × levels.
+- Interrupted (`should_stop()` true before a UNet call): the levels finished so far, `interrupted` set; the
+  score is the mean over those levels (None when none finished).
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from lib_ext.settings import Settings, SettingsError
 from lib_ext.uncond import Cond, blend_toward_zero, embedding_norms
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
@@ -53,6 +57,9 @@ DEFAULT_PROBE_PROMPT = "a cat sitting on a windowsill, daylight"
 REFERENCES = ("prediction", "zeros")
 MAX_SEEDS = 64
 MAX_LEVELS = 100
+MAX_SEED_LEVELS = 512      # seeds × levels: the probe costs seeds × (3 · levels + 1) UNet rows
+MAX_LATENT_CHANNELS = 16   # SD1/SDXL latents have 4, SD3/Flux 16
+MAX_LATENT_SIDE = 256      # latent pixels: 2048 px, the tab's largest size
 RESULT_FORMAT = "uncond-lab-probe/1"
 LEVEL_COLUMNS = ("level", "sigma", "x0_rel_diff", "cfg_rel_diff", "guidance_cosine")
 
@@ -81,8 +88,11 @@ class ProbeSettings:
     cfg_scale: float = 7.0
     latent_shape: tuple[int, ...] = (4, 128, 128)  # SDXL's 1024² latent; smaller is cheaper
     reference: str = "prediction"
+    rf: bool | None = None  # rectified flow as for a generation: None = when the checkpoint declares it
+    shift: float = 3.0      # the flow shift when the probe runs as rectified flow
 
     def __post_init__(self):
+        self._check_flow()
         object.__setattr__(self, "seeds", _int_tuple("seeds", self.seeds))
         object.__setattr__(self, "latent_shape", _int_tuple("latent_shape", self.latent_shape))
         if not isinstance(self.prompt, str):
@@ -96,12 +106,32 @@ class ProbeSettings:
             raise ProbeError(f"Uncond Lab probe: 'cfg_scale' must be a number in (1, 100] (at 1 the uncond is "
                              f"unused, so there is nothing to measure), got {self.cfg_scale!r}")
         object.__setattr__(self, "cfg_scale", float(self.cfg_scale))
+        if len(self.seeds) * self.levels > MAX_SEED_LEVELS:
+            raise ProbeError(f"Uncond Lab probe: seeds × levels must be at most {MAX_SEED_LEVELS}, got "
+                             f"{len(self.seeds)} × {self.levels} = {len(self.seeds) * self.levels}; use fewer seeds "
+                             f"or levels")
         if len(self.latent_shape) != 3 or min(self.latent_shape) < 1:
             raise ProbeError(f"Uncond Lab probe: 'latent_shape' must be [channels, height, width] of positive "
                              f"integers, got {list(self.latent_shape)}")
+        channels, height, width = self.latent_shape
+        if channels > MAX_LATENT_CHANNELS:
+            raise ProbeError(f"Uncond Lab probe: 'latent_shape' channels must be at most {MAX_LATENT_CHANNELS}, "
+                             f"got {channels}")
+        if max(height, width) > MAX_LATENT_SIDE:
+            raise ProbeError(f"Uncond Lab probe: 'latent_shape' height and width must be at most {MAX_LATENT_SIDE} "
+                             f"latent pixels ({MAX_LATENT_SIDE * 8} px), got {height} × {width}")
         if self.reference not in REFERENCES:
             raise ProbeError(f"Uncond Lab probe: 'reference' must be one of {', '.join(REFERENCES)}, "
                              f"got {self.reference!r}")
+
+    def _check_flow(self) -> None:
+        """`rf` and `shift` take what the Uncond Lab dict takes (true/false/null or the UI's labels)."""
+        try:
+            flow = Settings.from_dict({"rf": self.rf, "shift": self.shift})
+        except SettingsError as error:
+            raise ProbeError(str(error).replace("Uncond Lab:", "Uncond Lab probe:", 1)) from None
+        object.__setattr__(self, "rf", flow.rf)
+        object.__setattr__(self, "shift", flow.shift)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "ProbeSettings":
@@ -117,7 +147,8 @@ class ProbeSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return {"prompt": self.prompt, "seeds": list(self.seeds), "levels": self.levels,
-                "cfg_scale": self.cfg_scale, "latent_shape": list(self.latent_shape), "reference": self.reference}
+                "cfg_scale": self.cfg_scale, "latent_shape": list(self.latent_shape), "reference": self.reference,
+                "rf": self.rf, "shift": self.shift}
 
 
 # --- noise levels and inputs -----------------------------------------------------------------------------
@@ -244,13 +275,18 @@ def _rows(cond: Cond, start: int, stop: int) -> Cond:
     return cond[start:stop]
 
 
-class _CountingDenoiser:
-    """Calls `denoise` for several conds on the same latents, batched by token count, at most `max_rows` a call."""
+class _Stopped(Exception):
+    """`should_stop()` said so before a UNet call."""
 
-    def __init__(self, denoise: Denoise, max_rows: int | None):
+
+class _CountingDenoiser:
+    """Calls `denoise` for several conds on the same latents, batched by token count, at most `max_rows` a call;
+    asks `should_stop` before each call."""
+
+    def __init__(self, denoise: Denoise, max_rows: int | None, should_stop: Callable[[], bool] | None = None):
         if max_rows is not None and max_rows < 1:
             raise ProbeError(f"Uncond Lab probe: 'max_rows' must be at least 1 or None, got {max_rows}")
-        self.denoise, self.max_rows = denoise, max_rows
+        self.denoise, self.max_rows, self.should_stop = denoise, max_rows, should_stop
         self.calls = self.rows = 0
 
     def __call__(self, x: torch.Tensor, sigma: float, conds: Sequence[Cond]) -> list[torch.Tensor]:
@@ -271,6 +307,8 @@ class _CountingDenoiser:
         for start in range(0, x.shape[0], step):
             rows = x[start:start + step]
             sigmas = torch.full((rows.shape[0],), sigma, dtype=torch.float32, device=x.device)
+            if self.should_stop is not None and self.should_stop():
+                raise _Stopped
             pred = self.denoise(rows, sigmas, _rows(cond, start, start + step))
             self.calls += 1
             self.rows += rows.shape[0]
@@ -304,19 +342,20 @@ class ProbeResult:
     unet_calls: int = 0
     unet_rows: int = 0
     zero_equals_null: bool = False  # te("") is exactly zero, so zero and null uncond are the same cond
+    interrupted: bool = False  # stopped early: the levels finished before (possibly none)
 
     @property
     def score(self) -> float:
-        """Mean over the noise levels of cfg_rel_diff (see the module docstring)."""
-        return sum(self.cfg_rel_diff) / len(self.cfg_rel_diff)
+        """Mean over the noise levels of cfg_rel_diff (see the module docstring); NaN without any level."""
+        return _mean(self.cfg_rel_diff)
 
     @property
     def mean_x0_rel_diff(self) -> float:
-        return sum(self.x0_rel_diff) / len(self.x0_rel_diff)
+        return _mean(self.x0_rel_diff)
 
     @property
     def mean_guidance_cosine(self) -> float:
-        return sum(self.guidance_cosine) / len(self.guidance_cosine)
+        return _mean(self.guidance_cosine)
 
     def level_columns(self) -> dict[str, list[float]]:
         return {"sigma": list(self.sigmas), "x0_rel_diff": list(self.x0_rel_diff),
@@ -327,9 +366,9 @@ class ProbeResult:
         return {"format": RESULT_FORMAT,
                 "score": _json_float(self.score),
                 "mean_x0_rel_diff": _json_float(self.mean_x0_rel_diff),
-                "mean_guidance_cosine": self.mean_guidance_cosine,
+                "mean_guidance_cosine": _json_float(self.mean_guidance_cosine),
                 "unet_calls": self.unet_calls, "unet_rows": self.unet_rows,
-                "zero_equals_null": self.zero_equals_null,
+                "zero_equals_null": self.zero_equals_null, "interrupted": self.interrupted,
                 "embedding": {key: _json_float(value) for key, value in self.embedding.items()},
                 "levels": {key: [_json_float(v) for v in values] for key, values in self.level_columns().items()},
                 "settings": self.settings.as_dict()}
@@ -347,7 +386,7 @@ class ProbeResult:
                    guidance_cosine=tuple(levels["guidance_cosine"]),
                    embedding={key: _from_json_float(value) for key, value in data["embedding"].items()},
                    unet_calls=data["unet_calls"], unet_rows=data["unet_rows"],
-                   zero_equals_null=data["zero_equals_null"])
+                   zero_equals_null=data["zero_equals_null"], interrupted=data.get("interrupted", False))
 
     def csv_rows(self) -> list[dict[str, float | int]]:
         """One row per noise level, columns `LEVEL_COLUMNS`."""
@@ -357,6 +396,10 @@ class ProbeResult:
 
     def to_csv(self) -> str:
         return _csv_text(LEVEL_COLUMNS, self.csv_rows())
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
 
 
 def _json_float(value: float) -> float | None:
@@ -379,14 +422,16 @@ def _csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
 def probe(denoise: Denoise, cond: Cond, null_uncond: Cond, sigma_table: Sequence[float] | torch.Tensor,
           noising: Noising, settings: ProbeSettings = ProbeSettings(), pooled_width: int = 0,
           max_rows: int | None = None, device: torch.device | str = "cpu",
-          on_level: Callable[[int, int], None] | None = None) -> ProbeResult:
+          on_level: Callable[[int, int], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> ProbeResult:
     """Measure zero vs null uncond on one model (definitions in the module docstring).
 
     `denoise(x [R, *latent_shape] float32, sigma [R] float32, cond with R rows) -> x0 prediction [R, ...]` must
     treat rows independently. `cond` and `null_uncond` are single encodings (batch 1) on the model's device:
     tensors [1, T, C] (SD1/SD2) or mappings {"crossattn": [1, T, C], "vector": [1, D]} (SDXL, the first
     `pooled_width` columns of vector being the pooled text part); the denoiser receives plain dicts. `on_level`
-    is called with (levels done, levels total) after each level; raise from it to interrupt.
+    is called with (levels done, levels total) after each level. `should_stop()` is asked before every UNet
+    call: true ends the probe there, with the levels finished so far and `interrupted` set.
     """
     _check_single("probe prompt cond", cond)
     _check_single("null uncond te('')", null_uncond)
@@ -394,16 +439,36 @@ def probe(denoise: Denoise, cond: Cond, null_uncond: Cond, sigma_table: Sequence
         raise ProbeError("Uncond Lab probe: the cond and te('') must both be tensors or both be mappings")
     sigmas = noise_levels(sigma_table, settings.levels)
     sigma_max = float(torch.as_tensor(sigma_table, dtype=torch.float64).max())
-    evaluate = _CountingDenoiser(denoise, max_rows)
+    evaluate = _CountingDenoiser(denoise, max_rows, should_stop)
     zero = zero_uncond(null_uncond, pooled_width)
     zero_equals_null = _same_cond(zero, null_uncond)
 
+    per_level: dict[str, list[float]] = {"x0_rel_diff": [], "cfg_rel_diff": [], "guidance_cosine": []}
+    try:
+        _measure(evaluate, cond, null_uncond, zero, zero_equals_null, sigmas, sigma_max, noising, settings, device,
+                 per_level, on_level)
+        interrupted = False
+    except _Stopped:
+        interrupted = True
+    done = len(per_level["cfg_rel_diff"])
+    return ProbeResult(settings=settings, sigmas=tuple(sigmas[:done]),
+                       x0_rel_diff=tuple(per_level["x0_rel_diff"]), cfg_rel_diff=tuple(per_level["cfg_rel_diff"]),
+                       guidance_cosine=tuple(per_level["guidance_cosine"]),
+                       embedding=embedding_stats(null_uncond, cond, pooled_width),
+                       unet_calls=evaluate.calls, unet_rows=evaluate.rows, zero_equals_null=zero_equals_null,
+                       interrupted=interrupted)
+
+
+def _measure(evaluate: _CountingDenoiser, cond: Cond, null_uncond: Cond, zero: Cond, zero_equals_null: bool,
+             sigmas: Sequence[float], sigma_max: float, noising: Noising, settings: ProbeSettings,
+             device: torch.device | str, per_level: dict[str, list[float]],
+             on_level: Callable[[int, int], None] | None) -> None:
+    """The probe's loop: appends each finished level's means over seeds to `per_level`."""
     noise = seed_noise(settings.seeds, settings.latent_shape).to(device)
     reference = torch.zeros_like(noise)
     if settings.reference == "prediction":
         [reference] = evaluate(noising(reference, noise, sigma_max), sigma_max, [cond])
 
-    per_level: dict[str, list[float]] = {"x0_rel_diff": [], "cfg_rel_diff": [], "guidance_cosine": []}
     for index, sigma in enumerate(sigmas):
         x = noising(reference, noise, sigma)
         if zero_equals_null:
@@ -418,12 +483,6 @@ def probe(denoise: Denoise, cond: Cond, null_uncond: Cond, sigma_table: Sequence
         per_level["guidance_cosine"].append(guidance_cosine(pred_cond - pred_zero, pred_cond - pred_null).mean().item())
         if on_level is not None:
             on_level(index + 1, len(sigmas))
-
-    return ProbeResult(settings=settings, sigmas=tuple(sigmas),
-                       x0_rel_diff=tuple(per_level["x0_rel_diff"]), cfg_rel_diff=tuple(per_level["cfg_rel_diff"]),
-                       guidance_cosine=tuple(per_level["guidance_cosine"]),
-                       embedding=embedding_stats(null_uncond, cond, pooled_width),
-                       unet_calls=evaluate.calls, unet_rows=evaluate.rows, zero_equals_null=zero_equals_null)
 
 
 # --- cache -----------------------------------------------------------------------------------------------
@@ -503,9 +562,14 @@ SWEEP_COLUMNS = ("ratio", "score", "mean_x0_rel_diff", "mean_guidance_cosine", "
 
 @dataclass(frozen=True)
 class RatioSweep:
-    """One probe result per merge ratio, in the order asked."""
+    """One probe result per merge ratio, in the order asked; an interrupted sweep ends with the interrupted
+    ratio's partial result (the ratios after it are left out)."""
     ratios: tuple[float, ...]
     results: tuple[ProbeResult, ...]
+
+    @property
+    def interrupted(self) -> bool:
+        return any(result.interrupted for result in self.results)
 
     def csv_rows(self) -> list[dict[str, float | int | None]]:
         """One row per ratio, columns `SWEEP_COLUMNS` (null_pooled_norm is None for SD1/SD2)."""
@@ -522,15 +586,21 @@ class RatioSweep:
         """JSON-able: the per-ratio summary as columns, plus every full result."""
         columns = {name: [_json_float(row[name]) if isinstance(row[name], float) else row[name]
                           for row in self.csv_rows()] for name in SWEEP_COLUMNS}
-        return {"format": RESULT_FORMAT + "/sweep", "columns": columns,
+        return {"format": RESULT_FORMAT + "/sweep", "columns": columns, "interrupted": self.interrupted,
                 "results": [result.to_dict() for result in self.results]}
 
 
 def sweep_ratios(ratios: Sequence[float], probe_at: Callable[[float], ProbeResult]) -> RatioSweep:
-    """Probe at each merge ratio. `probe_at(r)` applies the merge, probes (through the cache) and restores."""
+    """Probe at each merge ratio, stopping after an interrupted one. `probe_at(r)` applies the merge, probes
+    (through the cache) and restores."""
     ratios = tuple(ratios)
     if not ratios or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r)
                              for r in ratios):
         raise ProbeError(f"Uncond Lab probe: the merge ratios must be a non-empty list of finite numbers, "
                          f"got {list(ratios)}")
-    return RatioSweep(tuple(float(r) for r in ratios), tuple(probe_at(float(r)) for r in ratios))
+    results: list[ProbeResult] = []
+    for ratio in ratios:
+        results.append(probe_at(float(ratio)))
+        if results[-1].interrupted:
+            break
+    return RatioSweep(tuple(float(r) for r in ratios[:len(results)]), tuple(results))

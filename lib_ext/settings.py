@@ -56,13 +56,23 @@ def _as_choice(name: str, value: Any, choices: Mapping[str, str]) -> str:
 def _setting(default: Any, label: str, parse: Callable[[str, Any], Any], infotext: bool = True,
              feature: str = "uncond"):
     """A dataclass field that also carries its UI label (= infotext key), its parser and the feature it belongs to
-    (pasting an uncond key enables the uncond accordion; a merge key must not)."""
+    (pasting an uncond key enables the uncond control; an RF or merge key must not)."""
     return dataclasses.field(default=default,
                              metadata={"label": label, "parse": parse, "infotext": infotext, "feature": feature})
 
 
 def _fraction(name: str, value: Any) -> float:
     return _as_float(name, value, 0.0, 1.0)
+
+
+def _zero_weight(name: str, value: Any) -> float | None:
+    """None (or "default") = the WebUI's own uncond: nothing asked for yet."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "default", "none", "null")):
+        return None
+    try:
+        return _fraction(name, value)
+    except SettingsError as error:
+        raise SettingsError(f"{error} (or null: the WebUI's own uncond)") from None
 
 
 HIRES_MODES = {"same": "Same as first pass", "own": "Own settings", "off": "Untouched"}
@@ -173,8 +183,10 @@ class UncondSchedule:
 
 @dataclass(frozen=True)
 class Settings:
+    # The uncond control's switch (the accordion's checkbox). With it on, `zero_weight` None still leaves the
+    # WebUI's own uncond: an API caller asks for a blend by naming a weight; the UI's slider always sends one.
     enabled: bool = _setting(False, "Enable Uncond Lab", _as_bool, infotext=False)
-    zero_weight: float = _setting(0.0, "Uncond zero weight", _fraction)
+    zero_weight: float | None = _setting(None, "Uncond zero weight", _zero_weight)
     start: float = _setting(0.0, "Uncond start", _fraction)
     end: float = _setting(1.0, "Uncond end", _fraction)
     hr_mode: str = _setting("same", "Uncond hires", _hires_mode)
@@ -182,10 +194,11 @@ class Settings:
     hr_start: float = _setting(0.0, "Uncond hires start", _fraction)
     hr_end: float = _setting(1.0, "Uncond hires end", _fraction)
     compare: bool = _setting(False, "Compare zero vs null", _as_bool, infotext=False)
-    rf: bool | None = _setting(None, "RF", _prediction, infotext=False)  # infotext: the RF keys' presence
-    shift: float = _setting(3.0, "RF shift", _shift)
-    multiplier: float = _setting(DEFAULT_MULTIPLIER, "RF multiplier", _multiplier)
-    # Merge, applied in memory for this generation; independent of `enabled` (which is the uncond control).
+    # Rectified flow and the merge are independent of `enabled` (which is the uncond control).
+    rf: bool | None = _setting(None, "RF", _prediction, infotext=False, feature="rf")  # infotext: RF keys' presence
+    shift: float = _setting(3.0, "RF shift", _shift, feature="rf")
+    multiplier: float = _setting(DEFAULT_MULTIPLIER, "RF multiplier", _multiplier, feature="rf")
+    # Merge, applied in memory for this generation.
     merge_model: str = _setting("", "Merge model B", _checkpoint_name, feature="merge")
     merge_method: str = _setting("weighted_sum", "Merge method", _merge_method, feature="merge")
     merge_model_c: str = _setting("", "Merge model C", _checkpoint_name, feature="merge")
@@ -237,7 +250,7 @@ class Settings:
         if not self.enabled:
             return None
         if not hires or self.hr_mode == "same":
-            return UncondSchedule(self.zero_weight, self.start, self.end)
+            return None if self.zero_weight is None else UncondSchedule(self.zero_weight, self.start, self.end)
         if self.hr_mode == "own":
             return UncondSchedule(self.hr_zero_weight, self.hr_start, self.hr_end)
         return None
@@ -252,16 +265,22 @@ class Settings:
 
     # --- infotext -------------------------------------------------------------------------------------
 
+    def controls_uncond(self, has_hires: bool = False) -> bool:
+        """Whether some pass of the generation gets an uncond other than the WebUI's own."""
+        return self.schedule(False) is not None or (has_hires and self.schedule(True) is not None)
+
     def infotext(self, has_hires: bool = False, rf_ran: bool = False) -> dict[str, Any]:
-        """Infotext entries; empty when disabled. Hires keys are written only when a hires pass ran, RF keys only
-        when the generation really samples as rectified flow (the multiplier only when it is not the default)."""
-        if not self.enabled:
-            return {}
-        names = ["zero_weight", "start", "end"]
-        if has_hires:
-            names.append("hr_mode")
-            if self.hr_mode == "own":
-                names += ["hr_zero_weight", "hr_start", "hr_end"]
+        """Infotext entries: the uncond keys when the uncond control changes some pass (hires keys only when a
+        hires pass ran), the RF keys when the generation really samples as rectified flow (the multiplier only
+        when it is not the default)."""
+        names = []
+        if self.controls_uncond(has_hires):
+            if self.zero_weight is not None:
+                names += ["zero_weight", "start", "end"]
+            if has_hires:
+                names.append("hr_mode")
+                if self.hr_mode == "own":
+                    names += ["hr_zero_weight", "hr_start", "hr_end"]
         if rf_ran:
             names.append("shift")
             if self.multiplier != DEFAULT_MULTIPLIER:
@@ -284,12 +303,12 @@ class Settings:
 
     @staticmethod
     def infotext_to_ui(params: Mapping[str, Any]) -> dict[str, Any]:
-        """Pasted infotext → {setting name: UI value} for the keys present and valid; enabled if any is.
+        """Pasted infotext → {setting name: UI value} for the keys present and valid; enabled if an uncond key is.
 
         Lenient on purpose: a hand-edited or foreign infotext must not break pasting, so a bad value is skipped.
-        RF keys are written exactly when RF ran, so a pasted Uncond Lab infotext sets the prediction explicitly:
-        "Rectified flow" with RF keys, "Model's own" without (a model that declares flow would otherwise switch
-        RF on for a picture that was made without it).
+        RF keys are written exactly when RF ran, so pasting sets the prediction explicitly: "Rectified flow" with
+        RF keys, "Model's own" without (a model that declares flow would otherwise switch RF on for a picture that
+        was made without it, e.g. before RF was independent of the uncond switch).
         """
         found, uncond_found = {}, False
         for field in FIELDS:
@@ -304,7 +323,7 @@ class Settings:
             uncond_found = uncond_found or field.metadata["feature"] == "uncond"
         if uncond_found:
             found["enabled"] = True
-            found["rf"] = PREDICTIONS["shift" in found or "multiplier" in found]
+        found["rf"] = PREDICTIONS["shift" in found or "multiplier" in found]
         return found
 
 

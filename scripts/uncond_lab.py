@@ -38,6 +38,8 @@ class UncondLabScript(scripts.Script):
 
 
 common.register_rf_scheduler()  # at import: the UI builds its 'Schedule type' dropdowns from the list after this
+if common.xyz_axes_at_import():  # --nowebui: the API's axis list is built before on_before_ui
+    common.register_xyz_axes(common.all_axes)
 
 script_callbacks.on_cfg_denoiser(common.on_cfg_denoiser, name="uncond_lab")
 script_callbacks.on_ui_settings(common.add_options, name="uncond_lab_options")

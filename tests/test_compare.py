@@ -16,6 +16,11 @@ def test_variants_are_default_null_zero_and_the_users_blend():
     assert variants[3].label == "blend w = 0.3 on [0.1, 0.6]"
 
 
+def test_without_a_weight_the_users_generation_is_the_webui_default():
+    variants = compare_variants(Settings(enabled=True, compare=True))
+    assert variants[3].label == "yours: the WebUI's own uncond" and variants[3].overrides["zero_weight"] is None
+
+
 def test_difference_map_amplifies_and_clips():
     a = torch.tensor([[[10, 200, 0]]], dtype=torch.uint8)
     b = torch.tensor([[[12, 100, 0]]], dtype=torch.uint8)

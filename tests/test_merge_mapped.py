@@ -49,8 +49,11 @@ def assert_same(x, y):
     ("weighted_sum", torch.float8_e4m3fn, None), ("add_difference", None, None),
     ("add_difference", torch.float32, None), ("add_difference", None, torch.float32),
     ("add_difference", torch.float8_e5m2, None)])
-def test_mapped_writes_what_resident_copies_write(paths, method, dtype, difference_dtype):
-    """Every ratio of a sweep, mapped vs resident: the same bits; both restore the originals exactly."""
+@pytest.mark.parametrize("chunk", [1 << 22, 64])
+def test_mapped_writes_what_resident_copies_write(paths, method, dtype, difference_dtype, chunk, monkeypatch):
+    """Every ratio of a sweep, mapped vs resident: the same bits; both restore the originals exactly. Also when the
+    mapped pass works through tensors in pieces (chunk 64: every test tensor is cut)."""
+    monkeypatch.setattr("lib_ext.merge.ops.CHUNK_ELEMENTS", chunk)
     models = {placement: live_model(dtype) for placement in ("device", "mapped")}
     before = values(models["mapped"])
     merges = {placement: InPlaceMerge(recipe(paths, method), model, placement=placement,
@@ -134,11 +137,14 @@ def test_views_read_the_stored_values_without_a_copy(tmp_path, dtype):
 
 
 PRESSURE = textwrap.dedent("""
-    import resource, sys, torch
+    import resource, sys, threading, torch
     from lib_ext.merge import InPlaceMerge, MergeRecipe
     from safetensors.torch import load_file
     placement, path_a, path_b, headroom = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    model = {k: torch.nn.Parameter(v, requires_grad=False) for k, v in load_file(path_a).items()}
+    # float16 files, float32 weights (a WebUI with --no-half): every switch casts
+    model = {k: torch.nn.Parameter(v.float(), requires_grad=False) for k, v in load_file(path_a).items()}
+    torch.set_num_threads(1)  # no OpenMP pool per thread: their stacks would count against the cap too
+    threading.stack_size(1 << 20)
     def data_bytes():
         with open("/proc/self/status") as status:
             return next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmData:"))
@@ -146,10 +152,20 @@ PRESSURE = textwrap.dedent("""
     # read-only file mappings do not count against RLIMIT_DATA.
     resource.setrlimit(resource.RLIMIT_DATA, (data_bytes() + headroom, resource.RLIM_INFINITY))
     before = {k: p.detach().clone() for k, p in list(model.items())[:1]}
+    errors = []
+    def apply(merge, ratio):  # each on a thread of its own, as a WebUI's requests are
+        try:
+            merge.apply(ratio)
+        except RuntimeError as error:
+            errors.append(error)
     try:
         with InPlaceMerge(MergeRecipe("weighted_sum", path_a, path_b), model, placement=placement) as merge:
-            for ratio in (0.25, 0.5, 1.0, 0.75):
-                merge.apply(ratio)
+            for ratio in (0.25, 0.5, 1.0, 0.75, 0.3, 0.6):
+                thread = threading.Thread(target=apply, args=(merge, ratio))
+                thread.start()
+                thread.join()
+                if errors:
+                    raise errors[0]
     except RuntimeError as error:
         print("out of memory:", str(error).splitlines()[0]); sys.exit(3)
     key, value = next(iter(before.items()))
@@ -159,14 +175,15 @@ PRESSURE = textwrap.dedent("""
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA semantics are Linux's")
 def test_a_sweep_fits_under_a_memory_cap_that_two_copies_do_not(tmp_path):
-    """A float32 model of 48 MB, its process capped at what it uses plus half a model copy: resident copies
-    (two more) run out of memory, the mapped placement sweeps four ratios and restores the weights exactly."""
+    """A float32 model of 48 MB from float16 files, its process capped at what it uses plus half a model copy:
+    resident copies (two more) run out of memory; the mapped placement sweeps six ratios, each on a thread of its
+    own (whose freed blocks glibc keeps apart), and restores the weights exactly."""
     generator = torch.Generator().manual_seed(0)
     shapes = {f"model.diffusion_model.block{i}.weight": (1024, 1024) for i in range(12)}
     for name, seed in (("a", 0), ("b", 1)):
         generator.manual_seed(seed)
         write_checkpoint(tmp_path / f"{name}.safetensors",
-                         {k: torch.randn(s, generator=generator) for k, s in shapes.items()})
+                         {k: torch.randn(s, generator=generator).half() for k, s in shapes.items()})
     model_bytes = 12 * 1024 * 1024 * 4
 
     def run(placement):

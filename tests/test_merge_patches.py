@@ -38,8 +38,11 @@ def patched_model(merge: PatchMerge, ratio: float, live: dict) -> dict:
 
 @pytest.mark.parametrize("method", ["weighted_sum", "add_difference"])
 @pytest.mark.parametrize("live_dtype", [torch.float16, torch.float32, torch.bfloat16])
-def test_every_ratio_gives_the_a1111_engines_weights(paths, method, live_dtype):
-    """reForge's float32 working copy, our adapter, its cast back == A1111's in-place switch in the live dtype."""
+@pytest.mark.parametrize("chunk", [1 << 22, 64])
+def test_every_ratio_gives_the_a1111_engines_weights(paths, method, live_dtype, chunk, monkeypatch):
+    """reForge's float32 working copy, our adapter, its cast back == A1111's in-place switch in the live dtype;
+    also when the patch works through a weight in pieces (chunk 64)."""
+    monkeypatch.setattr("lib_ext.merge.ops.CHUNK_ELEMENTS", chunk)
     live = {k: v.to(live_dtype) for k, v in A.items() if classify_key(k) != "other"}
     merge = PatchMerge(recipe(paths, method))
     engine_model = {k: torch.nn.Parameter(v.clone(), requires_grad=False) for k, v in live.items()}

@@ -221,6 +221,46 @@ def test_row_limit_does_not_change_the_numbers():
     assert split.unet_calls == 3 + 4 * 9 and split.unet_rows == whole.unet_rows
 
 
+def stop_after(calls: int):
+    """A `should_stop` that says stop once `calls` UNet calls have been allowed."""
+    asked = []
+
+    def should_stop():
+        asked.append(1)
+        return len(asked) > calls
+    return should_stop
+
+
+def test_interrupt_between_unet_calls_returns_the_finished_levels():
+    # reference "prediction": call 1 is the reference, calls 2-3 the first two levels; stop before call 4.
+    full = pr.probe(linear_denoiser(), COND, NULL, TABLE, pr.ve_noising, settings(reference="prediction"))
+    part = pr.probe(linear_denoiser(), COND, NULL, TABLE, pr.ve_noising, settings(reference="prediction"),
+                    should_stop=stop_after(3))
+    assert part.interrupted and not full.interrupted
+    assert part.unet_calls == 3 and part.sigmas == full.sigmas[:2]
+    assert part.cfg_rel_diff == full.cfg_rel_diff[:2] and part.score == pytest.approx(full.score)
+    data = json.loads(json.dumps(part.to_dict(), allow_nan=False))
+    assert data["interrupted"] is True and len(data["levels"]["sigma"]) == 2
+    assert ProbeResult.from_dict(data) == part
+
+
+def test_interrupt_within_a_level_drops_that_level():
+    # max_rows 2 with a longer cond: each level takes 5 calls; stopping inside level 1 keeps level 0 only.
+    long_cond = tokens([3.0, 0.0], [0.0, 0.0], [0.0, 0.0])
+    part = pr.probe(linear_denoiser(), long_cond, NULL, TABLE, pr.ve_noising, settings(), max_rows=2,
+                    should_stop=stop_after(7))
+    assert part.interrupted and part.unet_calls == 7 and len(part.sigmas) == 1 == len(part.x0_rel_diff)
+
+
+def test_interrupt_before_any_level_has_no_score():
+    part = pr.probe(linear_denoiser(), COND, NULL, TABLE, pr.ve_noising, settings(reference="prediction"),
+                    should_stop=stop_after(0))
+    assert part.interrupted and part.unet_calls == 0 and part.sigmas == ()
+    assert math.isnan(part.score)
+    data = json.loads(json.dumps(part.to_dict(), allow_nan=False))  # strict JSON: no score is null
+    assert data["score"] is None and data["mean_guidance_cosine"] is None
+
+
 def test_on_level_reports_progress():
     seen = []
     pr.probe(linear_denoiser(), COND, NULL, TABLE, pr.ve_noising, settings(), on_level=lambda *a: seen.append(a))
@@ -327,6 +367,23 @@ def test_settings_reject_bad_values(values, message):
         ProbeSettings.from_dict(values)
 
 
+@pytest.mark.parametrize("values, message", [
+    # The issue's two: a side that cannot be allocated, and a typo (4000 for 400) that would run for hours.
+    ({"latent_shape": [4, 100000, 100000]}, "height and width must be at most 256 latent pixels (2048 px), "
+                                            "got 100000 × 100000"),
+    ({"latent_shape": [4, 4000, 4000]}, "got 4000 × 4000"),
+    ({"latent_shape": [4, 64, 257]}, "got 64 × 257"),
+    ({"latent_shape": [17, 64, 64]}, "channels must be at most 16, got 17"),
+    ({"seeds": list(range(64)), "levels": 9}, r"seeds × levels must be at most 512, got 64 × 9 = 576"),
+])
+def test_settings_bound_the_work(values, message):
+    with pytest.raises(ProbeError) as error:
+        ProbeSettings.from_dict(values)
+    assert message in str(error.value)
+    # At the bounds: accepted.
+    ProbeSettings.from_dict({"latent_shape": [16, 256, 256], "seeds": list(range(64)), "levels": 8})
+
+
 def test_settings_from_api_dict_round_trip():
     parsed = ProbeSettings.from_dict({"seeds": [1, 2], "latent_shape": [4, 64, 64], "cfg_scale": 5})
     assert parsed.seeds == (1, 2) and parsed.cfg_scale == 5.0
@@ -383,6 +440,21 @@ def test_sweep_follows_the_ratio_and_exports():
     assert sweep.to_csv().splitlines()[0] == ",".join(pr.SWEEP_COLUMNS)
     data = json.loads(json.dumps(sweep.to_dict(), allow_nan=False))
     assert data["columns"]["ratio"] == [0.0, 0.5, 1.0] and len(data["results"]) == 3
+
+
+def test_an_interrupted_sweep_ends_with_the_interrupted_ratio():
+    asked = []
+
+    def probe_at(ratio):
+        asked.append(ratio)
+        return pr.probe(linear_denoiser(), COND, NULL, TABLE, pr.ve_noising, settings(),
+                        should_stop=stop_after(2) if ratio == 0.5 else None)
+
+    sweep = pr.sweep_ratios([0.0, 0.5, 1.0], probe_at)
+    assert asked == [0.0, 0.5] and sweep.ratios == (0.0, 0.5) and sweep.interrupted
+    assert [r.interrupted for r in sweep.results] == [False, True]
+    data = json.loads(json.dumps(sweep.to_dict(), allow_nan=False))
+    assert data["interrupted"] is True and data["columns"]["ratio"] == [0.0, 0.5]
 
 
 def test_sweep_rejects_empty_or_nan_ratios():

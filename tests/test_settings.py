@@ -21,7 +21,26 @@ def test_positional_args_follow_field_order():
 def test_api_dict_in_first_slot_wins_over_trailing_ui_defaults():
     # The WebUI's API fills the rest of the script's slice with UI defaults; the dict is what the caller meant.
     s = Settings.from_script_args([{"enabled": True, "end": 0.3}, 0.9, 0.9, 0.9])
-    assert (s.enabled, s.zero_weight, s.end) == (True, 0.0, 0.3)
+    assert (s.enabled, s.zero_weight, s.end) == (True, None, 0.3)
+
+
+def test_the_uncond_control_changes_nothing_until_a_weight_is_asked_for():
+    # The switch alone (an API dict without a weight) leaves the WebUI's own uncond: no schedule, no infotext.
+    for settings in (Settings(enabled=True), Settings.from_dict({"enabled": True, "rf": True, "shift": 3.0})):
+        assert settings.zero_weight is None and settings.schedule(hires=False) is None
+        assert settings.schedule(hires=True) is None and not settings.controls_uncond(has_hires=True)
+        assert "Uncond zero weight" not in settings.infotext(has_hires=True, rf_ran=True)
+    assert Settings.from_dict({"enabled": True, "zero_weight": 0}).schedule(False) == UncondSchedule(0.0, 0.0, 1.0)
+    # The UI's positional args always carry the slider's weight: switching the accordion on asks for it.
+    assert Settings.from_script_args([True, 0.0, 0.0, 1.0]).schedule(False) == UncondSchedule(0.0, 0.0, 1.0)
+    for spelling in (None, "default", " None ", "null"):
+        assert Settings.from_dict({"zero_weight": spelling}).zero_weight is None
+    # A hires pass with its own settings is asked for explicitly, with or without a first-pass weight.
+    own = Settings(enabled=True, hr_mode="own", hr_zero_weight=1.0)
+    assert own.schedule(False) is None and own.schedule(True) == UncondSchedule(1.0, 0.0, 1.0)
+    assert own.controls_uncond(has_hires=True) and not own.controls_uncond(has_hires=False)
+    assert set(own.infotext(has_hires=True)) == {"Uncond hires", "Uncond hires zero weight", "Uncond hires start",
+                                                 "Uncond hires end"}
 
 
 @pytest.mark.parametrize("bad, fragment", [
@@ -30,7 +49,7 @@ def test_api_dict_in_first_slot_wins_over_trailing_ui_defaults():
     ({"zero_weight": float("nan")}, "got nan"),
     ({"zero_weight": float("inf")}, "'zero_weight'"),
     ({"zero_weight": True}, "got True"),           # bools are ints in Python; not a weight
-    ({"zero_weight": None}, "got None"),
+    ({"zero_weight": "half"}, "got 'half' (or null: the WebUI's own uncond)"),
     ({"zero_weight": [0.5]}, "got [0.5]"),
     ({"zero_weight": "half"}, "got 'half'"),
     ({"enabled": "maybe"}, "'enabled' must be true or false"),
@@ -104,7 +123,8 @@ def test_hires_keys_only_when_a_hires_pass_ran():
 def test_paste_skips_hostile_values_instead_of_failing():
     ui = Settings.infotext_to_ui({"Uncond zero weight": "1e309", "Uncond start": "0.2", "Uncond hires": "<script>"})
     assert ui == {"start": 0.2, "enabled": True, "rf": PREDICTIONS[False]}
-    assert Settings.infotext_to_ui({"Steps": "20"}) == {}
+    # Not ours: the uncond control stays off and the prediction is the model's own, as it was for that picture.
+    assert Settings.infotext_to_ui({"Steps": "20"}) == {"rf": PREDICTIONS[False]}
 
 
 def test_frozen():
@@ -149,7 +169,25 @@ def test_rf_keys_only_when_rf_ran():
     text = s.infotext(rf_ran=True)
     assert text["RF shift"] == 2.5 and "RF multiplier" not in text  # the default multiplier is not written
     assert Settings(enabled=True, multiplier=500).infotext(rf_ran=True)["RF multiplier"] == 500
-    assert Settings(enabled=False, rf=True).infotext(rf_ran=True) == {}
+
+
+def test_rf_is_independent_of_the_uncond_switch():
+    # {"rf": true, "shift": 3}: RF keys only, the uncond untouched; pasting them back does not switch it on.
+    s = Settings.from_dict({"rf": True, "shift": 3.0})
+    assert s.schedule(hires=False) is None
+    assert s.infotext(has_hires=True, rf_ran=True) == {"RF shift": 3.0}
+    ui = Settings.infotext_to_ui({"RF shift": "3.0"})
+    assert ui == {"shift": 3.0, "rf": PREDICTIONS[True]}
+    assert Settings.from_dict(ui) == s
+
+
+def test_an_older_infotext_pastes_to_the_same_settings():
+    # Before RF and the weight's default were independent of the switch, an enabled generation always wrote the
+    # weight and window (and RF keys when RF ran); pasting it sets all of them, so it samples the same again.
+    older = {"Uncond zero weight": "0.0", "Uncond start": "0.0", "Uncond end": "1.0", "RF shift": "3.0"}
+    s = Settings.from_dict(Settings.infotext_to_ui(older))
+    assert (s.enabled, s.zero_weight, s.rf, s.shift) == (True, 0.0, True, 3.0)
+    assert s.schedule(hires=False) == UncondSchedule(0.0, 0.0, 1.0)
 
 
 def test_pasting_rf_keys_turns_rf_on_explicitly():
@@ -224,7 +262,7 @@ def test_merge_infotext_and_paste_round_trip():
     text = s.merge_infotext()
     assert text == {"Merge model B": "b.safetensors [0123456789]", "Merge method": "Add difference",
                     "Merge model C": "c.safetensors", "Merge ratio": 0.25, "Merge TE ratio": 0.0}
-    assert s.infotext() == {}  # the uncond keys still depend on `enabled` only
+    assert s.infotext() == {}  # the uncond keys depend on the uncond control only
     ui = Settings.infotext_to_ui({k: str(v) for k, v in text.items()})
     assert "enabled" not in ui  # pasting a merge must not switch the uncond control on
     assert Settings.from_dict(ui).merge_request() == s.merge_request()

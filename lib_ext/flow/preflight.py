@@ -105,7 +105,7 @@ def rf_problems(facts: GenerationFacts) -> list[str]:
 def rf_schedule_without_rf(schedulers: Iterable[str | None]) -> str | None:
     """The message for the RF schedule picked while the generation does not sample as rectified flow."""
     if any(is_rf_schedule(name) for name in schedulers):
-        return (PREFIX + f"the '{RF_SCHEDULER_LABEL}' schedule needs rectified-flow sampling: enable Uncond Lab "
-                         f"with Prediction 'Rectified flow' (or a checkpoint that declares flow), or pick "
+        return (PREFIX + f"the '{RF_SCHEDULER_LABEL}' schedule needs rectified-flow sampling: set Uncond Lab's "
+                         f"Prediction to 'Rectified flow' (or use a checkpoint that declares flow), or pick "
                          f"another schedule type.")
     return None

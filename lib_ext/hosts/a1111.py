@@ -15,7 +15,7 @@ from lib_ext.hosts.webui_state import drop_cached_conds
 from lib_ext.merge import MergeTargetError
 from lib_ext.merge import live as merge_live
 from lib_ext.merge.session import SOURCES_AUTO, MergeSessions, placement_for
-from lib_ext.probe import ve_noising
+from lib_ext.probe import flow_noising, ve_noising
 from lib_ext.uncond import discrete_percent_to_sigma
 
 # A1111 evaluates the uncond even at CFG 1 (it just cancels out); reForge skips it.
@@ -49,6 +49,15 @@ def percent_to_sigma(denoiser, percent: float) -> float:
 
 # --- probe -----------------------------------------------------------------------------------------------
 
+def _conditioning(x: torch.Tensor, cond) -> dict:
+    """The probe's cond as A1111's CFG denoiser hands it to the model, with txt2img's image cond (ignored by
+    non-inpainting models)."""
+    image_cond = x.new_zeros(x.shape[0], 5, 1, 1)
+    if isinstance(cond, dict):
+        return {**cond, "c_concat": [image_cond]}
+    return {"c_crossattn": [cond], "c_concat": [image_cond]}
+
+
 def probe_model(sd_model):
     """The loaded model as the probe sees it: x0 = denoise(x, sigma, cond), its sigma table, its noising.
 
@@ -58,13 +67,31 @@ def probe_model(sd_model):
     denoiser = wrapper(sd_model, quantize=shared.opts.enable_quantization)
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
-        image_cond = x.new_zeros(x.shape[0], 5, 1, 1)  # txt2img's, ignored by non-inpainting models
-        condition = {**cond, "c_concat": [image_cond]} if isinstance(cond, dict) else \
-            {"c_crossattn": [cond], "c_concat": [image_cond]}
         with devices.autocast():
-            return denoiser(x, sigma, cond=condition).float()
+            return denoiser(x, sigma, cond=_conditioning(x, cond)).float()
 
     return denoise, denoiser.sigmas, ve_noising
+
+
+def probe_flow_model(sd_model, shift: float, multiplier: float):
+    """The loaded model probed as rectified flow: the flow denoiser RF sampling installs (lib_ext.flow), predicting
+    through sd_model.apply_model, its shifted flow table, flow noising."""
+    denoiser = FlowDenoiser(sd_model.apply_model, shift, multiplier=multiplier, inner_model=sd_model)
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
+        with devices.autocast():
+            return denoiser.to(x.device)(x, sigma, cond=_conditioning(x, cond)).float()
+
+    return denoise, denoiser.sigmas, flow_noising
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------
+
+def load_checkpoint(info, forced: bool = False):
+    """Load a checkpoint the way the WebUI's checkpoint setting does (sd_models.reload_model_weights: its VAE
+    rules, its checkpoint cache and sd_checkpoints_limit, the on_model_loaded callbacks). `forced` reloads a
+    checkpoint that is already loaded (after a failed load left it half undone). Returns the loaded model."""
+    return sd_models.reload_model_weights(info=info, forced_reload=forced)
 
 
 # --- rectified flow --------------------------------------------------------------------------------------

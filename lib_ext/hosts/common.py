@@ -15,8 +15,8 @@ import gradio as gr
 import torch
 from modules import devices, prompt_parser, scripts, sd_models, sd_samplers, sd_schedulers, sd_vae, shared
 
-from lib_ext.flow import (RF_SCHEDULER_LABEL, RF_SCHEDULER_NAME, GenerationFacts, RfPlan, declares_flow,
-                          flow_scheduler, pass_value, resolve_rf, rf_problems, rf_schedule_without_rf)
+from lib_ext.flow import (RF_SCHEDULER_LABEL, RF_SCHEDULER_NAME, GenerationFacts, RfPlan, flow_scheduler, pass_value,
+                          resolve_rf, rf_problems, rf_schedule_without_rf)
 from lib_ext.hosts import host
 from lib_ext.merge import MergeRecipe
 from lib_ext.merge.keys import VAE, classify_key
@@ -105,8 +105,9 @@ def encode_null_uncond(p) -> Cond:
 # --- the generation --------------------------------------------------------------------------------------
 
 def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
-    """Bring the weights to this generation's merge (or back to the originals), and attach a fresh UncondRun
-    (and RfPlan) to `p`, dropping any copied from another `p`; no UncondRun when the uncond control is off."""
+    """Bring the weights to this generation's merge (or back to the originals), decide its rectified flow, and
+    attach a fresh UncondRun (and RfPlan) to `p`, dropping any copied from another `p`. The three are
+    independent: no UncondRun when the uncond control is off, whatever the merge and RF do."""
     setattr(p, RUN_ATTR, None)
     setattr(p, FLOW_ATTR, None)
     for key in (*INFOTEXT_KEYS, STATS_KEY, NOTE_KEY):
@@ -118,22 +119,17 @@ def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
         return None
     if not start_merge(p, settings):
         return None
-    if not settings.enabled:
-        # Nothing changes; but the RF schedule (ours, in the WebUI's list) would fail mid-sampling without RF.
-        refuse_rf_schedule_without_rf(p)
-        if not getattr(p.sd_model, "is_sd3", False) and declares_flow(checkpoint_metadata(p)):
-            log.warning("Uncond Lab: this checkpoint declares a rectified-flow objective in its metadata; enable "
-                        "Uncond Lab (Prediction: Model default) to sample it as rectified flow")
-        return None
     ok, plan = start_flow(p, settings)
     if not ok:
+        return None
+    has_hires = bool(getattr(p, "enable_hr", False))
+    p.extra_generation_params.update(settings.infotext(has_hires=has_hires, rf_ran=plan is not None))
+    if not settings.enabled:
         return None
     pooled_width = text_pooled_width(p.sd_model) if is_dict_cond_model(p.sd_model) else 0
     run = UncondRun(settings, pooled_width)
     setattr(p, RUN_ATTR, run)
-    p.extra_generation_params.update(settings.infotext(has_hires=bool(getattr(p, "enable_hr", False)),
-                                                       rf_ran=plan is not None))
-    notes = skipped_uncond_notes(p)
+    notes = skipped_uncond_notes(p) if settings.controls_uncond(has_hires) else []
     if notes:
         log.warning("Uncond Lab: %s", "; ".join(notes))
         p.extra_generation_params[NOTE_KEY] = "; ".join(notes)
@@ -180,6 +176,7 @@ def end_run(p) -> None:
 MERGE_ATTR = "uncond_lab_merge"  # the ResolvedMerge of the generation that `p` is (None: no merge)
 MERGE_INFOTEXT_KEYS = ("Merge model A", "Merge model B", "Merge method", "Merge model C", "Merge ratio",
                        "Merge TE ratio")
+MERGE_AXIS_SETTINGS = frozenset({"merge_model", "merge_ratio", "merge_te_ratio"})  # what the merge axes override
 
 
 class MergeRequestError(ValueError):
@@ -262,11 +259,11 @@ def start_merge(p, settings: Settings) -> bool:
     for key in MERGE_INFOTEXT_KEYS:  # X/Y/Z cells share one extra_generation_params dict
         p.extra_generation_params.pop(key, None)
     request = settings.merge_request()
+    if request is None and MERGE_AXIS_SETTINGS & set(getattr(p, OVERRIDES_ATTR, None) or {}):
+        # An X/Y/Z cell of a merge grid without a partner (the "None" column, or no partner in the accordion):
+        # model A as the grid's reference, its infotext saying that no merge was applied (and pasting it too).
+        p.extra_generation_params["Merge model B"] = "None"
     try:
-        overrides = getattr(p, OVERRIDES_ATTR, None) or {}
-        if request is None and ({"merge_ratio", "merge_te_ratio"} & set(overrides)):
-            raise MergeRequestError("Uncond Lab: the merge ratio axis needs a merge partner: set 'Merge model B' "
-                                    "in the Uncond Lab merge section, or add the [Uncond Lab] Merge partner axis")
         resolved = None if request is None else resolve_merge(request, p.sd_model)
         host.sync_merge(p, resolved)
     except Exception as error:  # anything: a swallowed error would pass model A's picture off as the merge
@@ -448,8 +445,11 @@ def generation_facts(p) -> GenerationFacts:
 
 
 def start_flow(p, settings: Settings) -> tuple[bool, RfPlan | None]:
-    """(may the generation go on?, its RfPlan or None). Refuses with a message where RF cannot be right."""
-    host.clean_leftovers(p)
+    """(may the generation go on?, its RfPlan or None). Refuses with a message where RF cannot be right.
+
+    Independent of the uncond switch: RF runs when asked for (`rf` true) or, under "Model default", when the
+    checkpoint declares a flow objective. Advanced Model Sampling's leftovers are cleaned up only when Uncond Lab
+    is in use for this generation (uncond switch on, or RF running)."""
     rf_on, source = resolve_rf(settings.rf, checkpoint_metadata(p), is_sd3=bool(getattr(p.sd_model, "is_sd3", False)))
     competing = host.competing_model_sampling(p)
     if rf_on and source == "metadata" and competing:
@@ -457,6 +457,8 @@ def start_flow(p, settings: Settings) -> tuple[bool, RfPlan | None]:
         log.warning("Uncond Lab: %s is enabled, so it decides the model sampling; the checkpoint's declared "
                     "flow objective (Prediction: Model default) is not applied", competing)
         rf_on = False
+    if settings.enabled or rf_on:
+        host.clean_leftovers(p)
     if not rf_on:
         return not refuse_rf_schedule_without_rf(p), None
     problems = rf_problems(generation_facts(p))
@@ -521,6 +523,16 @@ def register_xyz_axes(make_axes: Callable[[Any], Iterable[Any]]) -> None:
     xyz.axis_options.extend(axis for axis in make_axes(xyz) if axis.label not in known)
 
 
+def xyz_axes_at_import() -> bool:
+    """Whether to register the axes when our script is imported rather than in `on_before_ui`.
+
+    A server started with --nowebui builds the X/Y/Z script's axis list for the API (its Api object builds the
+    UI's scripts) before it calls `on_before_ui`, so only axes registered by then exist; our script is imported
+    after the WebUI's own scripts/ (xyz_grid.py), so the module is there. With the UI, `on_before_ui` keeps the
+    order of earlier versions: after the axes other extensions (reForge's built-in ones) add there."""
+    return bool(getattr(shared.cmd_opts, "nowebui", False))
+
+
 def fraction_axis(xyz, label: str, setting: str):
     """A float axis in [0, 1] that enables Uncond Lab for its cells and sets `setting`."""
     def apply(p, value, values):
@@ -535,11 +547,12 @@ def fraction_axis(xyz, label: str, setting: str):
 
 
 def rf_shift_axis(xyz):
-    """A float axis that enables Uncond Lab and rectified flow for its cells with the given shift."""
+    """A float axis that switches rectified flow on for its cells with the given shift (the uncond stays as the
+    accordion has it)."""
     low, high = SHIFT_RANGE
 
     def apply(p, value, values):
-        add_overrides(p, enabled=True, rf=True, shift=value)
+        add_overrides(p, rf=True, shift=value)
 
     def confirm(p, values):
         for value in values:

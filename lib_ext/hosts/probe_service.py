@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from modules import devices, prompt_parser, shared
 
+from lib_ext.flow import DEFAULT_MULTIPLIER, resolve_rf
 from lib_ext.hosts import common, host
 from lib_ext.hosts.webui_state import webui_job
 from lib_ext.merge.sweep import SweepError, parse_ratios
@@ -18,10 +20,6 @@ from lib_ext.settings import MergeRequest, Settings, SettingsError
 log = logging.getLogger("uncond_lab")
 
 MAX_ROWS_PER_CALL = 8  # latents per UNet call: 12 rows of a 1024² SDXL latent do not fit every GPU
-
-
-class ProbeInterrupted(RuntimeError):
-    pass
 
 
 def _encode(sd_model, text: str, width: int, height: int):
@@ -85,8 +83,10 @@ class ProbeService:
 
     def _probe(self, sd_model, settings: ProbeSettings, recipe: str | None,
                on_level: Callable[[int, int], None] | None) -> tuple[ProbeResult, bool]:
-        denoise, sigma_table, noising = host.probe_model(sd_model)
-        key = ProbeKey.for_table(model_identity(sd_model), recipe, settings, sigma_table.cpu(), _variant(sd_model))
+        with torch.no_grad():  # reForge loads the UNet here, computing a merge's weight patches
+            denoise, sigma_table, noising, flow = _probed_model(sd_model, settings)
+        key = ProbeKey.for_table(model_identity(sd_model), recipe, settings, sigma_table.cpu(),
+                                 _variant(sd_model) + flow)
         cached = self.cache.get(key)
         if cached is not None:
             return cached, True
@@ -97,19 +97,40 @@ class ProbeService:
         pooled_width = common.text_pooled_width(sd_model) if common.is_dict_cond_model(sd_model) else 0
 
         def progress(done: int, total: int) -> None:
-            if shared.state.interrupted:
-                raise ProbeInterrupted("Uncond Lab probe: interrupted")
             shared.state.sampling_step, shared.state.sampling_steps = done, total
             if on_level is not None:
                 on_level(done, total)
 
         with torch.no_grad():
             result = probe(denoise, cond, null, sigma_table.cpu(), noising, settings, pooled_width,
-                           max_rows=MAX_ROWS_PER_CALL, device=devices.device, on_level=progress)
+                           max_rows=MAX_ROWS_PER_CALL, device=devices.device, on_level=progress,
+                           should_stop=interrupted)
+        if result.interrupted:
+            log.warning("Uncond Lab probe: interrupted after %d of %d noise levels (%d UNet calls)",
+                        len(result.sigmas), settings.levels, result.unet_calls)
+            return result, False
         self.cache.put(key, result)
         log.info("Uncond Lab probe: score %.4f in %d UNet calls (%d rows)", result.score, result.unet_calls,
                  result.unet_rows)
         return result, False
+
+
+def _probed_model(sd_model, settings: ProbeSettings):
+    """(denoise, sigma table, noising, variant) of the loaded model as a generation with Uncond Lab samples it:
+    rectified flow when `settings.rf` asks for it or, left at Model default (None), when the checkpoint
+    declares a flow objective (lib_ext.flow.resolve_rf), else the model's own parameterisation."""
+    metadata = common.checkpoint_metadata(types.SimpleNamespace(sd_model=sd_model))
+    rf_on, _ = resolve_rf(settings.rf, metadata, is_sd3=bool(getattr(sd_model, "is_sd3", False)))
+    if rf_on:
+        return (*host.probe_flow_model(sd_model, settings.shift, DEFAULT_MULTIPLIER),
+                f";flow shift={settings.shift};multiplier={DEFAULT_MULTIPLIER}")
+    return (*host.probe_model(sd_model), "")
+
+
+def interrupted() -> bool:
+    """The WebUI's Interrupt (its buttons, the tab's, POST /sdapi/v1/interrupt) or Skip/stop for this job."""
+    state = shared.state
+    return bool(state.interrupted or getattr(state, "stopping_generation", False))
 
 
 def model_identity(sd_model) -> str:
@@ -169,27 +190,34 @@ def merge_request(values: Any) -> tuple[MergeRequest | None, list[float] | None]
     return request, ratios
 
 
-def register_api(app, service: ProbeService) -> None:
-    """`POST /uncond-lab/v1/probe`: probe settings as JSON in, per-sigma values, score and cost out."""
+def register_api(app, service: ProbeService, checkpoints=None) -> None:
+    """`POST /uncond-lab/v1/probe`: probe settings as JSON in, per-sigma values, score and cost out.
+    With `"checkpoints": [names]`, `checkpoints` (a probe_checkpoints.CheckpointProbe) probes each of them."""
     from fastapi import Body, HTTPException
 
     def probe_route(body: dict = Body(default={})):  # noqa: B008 (FastAPI's idiom)
         try:
             values = dict(body)
+            names = values.pop("checkpoints", None)
             merge, ratios = merge_request(values.pop("merge", None))
             settings = ProbeSettings.from_dict(values)
+            shelf = None if names is None else checkpoints.resolve(names)
+            if shelf is not None and merge is not None:
+                raise ProbeError("Uncond Lab probe: 'checkpoints' and 'merge' cannot be combined; probe the merge "
+                                 "of one model, or several checkpoints as they are")
         except (ProbeError, TypeError) as error:
             raise HTTPException(status_code=422, detail=str(error)) from error
         try:
             with webui_job("uncond_lab_probe"):
+                if shelf is not None:
+                    rows, memory = checkpoints.run(settings, shelf)
+                    return {"model": _model_json(), **rows.to_dict(), "memory": memory}
                 if ratios is not None:
                     sweep, cached = service.sweep(settings, merge, ratios)
                     return sweep_json(sweep, cached, merge)
                 result, cached = service.run(settings, merge)
         except ProbeError as error:
             raise HTTPException(status_code=409 if "no model" in str(error) else 422, detail=str(error)) from error
-        except ProbeInterrupted as error:
-            raise HTTPException(status_code=409, detail=str(error)) from error
         return result_json(result, cached, merge)
 
     app.add_api_route("/uncond-lab/v1/probe", probe_route, methods=["POST"])

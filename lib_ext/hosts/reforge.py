@@ -11,7 +11,8 @@ from ldm_patched.modules import model_management
 from ldm_patched.modules import model_sampling as ldm_model_sampling
 from ldm_patched.modules.model_sampling import CONST
 from ldm_patched.modules.weight_adapter import WeightAdapterBase
-from modules import sd_samplers_common, sd_samplers_kdiffusion, shared
+from modules import sd_models, sd_samplers_common, sd_samplers_kdiffusion, shared
+from modules_forge import main_thread
 
 from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, checked_flow_sigmas, flow_noise_as_ve_noise,
                           rf_sampler_policy, seeded_euler_ancestral_rf)
@@ -40,6 +41,13 @@ def percent_to_sigma(denoiser, percent: float) -> float:
 
 # --- probe -----------------------------------------------------------------------------------------------
 
+def _unet_conds(cond, device) -> dict:
+    """The probe's cond as ComfyUI's BaseModel.apply_model takes it."""
+    if isinstance(cond, dict):
+        return {"c_crossattn": cond["crossattn"].to(device), "y": cond["vector"].to(device)}
+    return {"c_crossattn": cond.to(device)}
+
+
 def probe_model(sd_model):
     """The loaded model as the probe sees it: x0 = denoise(x, sigma, cond), its sigma table, its noising.
 
@@ -54,13 +62,51 @@ def probe_model(sd_model):
     device = model_management.get_torch_device()
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
-        if isinstance(cond, dict):
-            kwargs = {"c_crossattn": cond["crossattn"].to(device), "y": cond["vector"].to(device)}
-        else:
-            kwargs = {"c_crossattn": cond.to(device)}
-        return model.apply_model(x.to(device), sigma.to(device), **kwargs).float()
+        return model.apply_model(x.to(device), sigma.to(device), **_unet_conds(cond, device)).float()
 
     return denoise, model_sampling.sigmas, noising
+
+
+def probe_flow_model(sd_model, shift: float, multiplier: float):
+    """The loaded model probed as rectified flow: the flow model sampling RF sampling patches in (ComfyUI's
+    ModelSamplingSD3), set on the model for each call only and put back after it, its table, flow noising."""
+    unet = sd_model.forge_objects.unet
+    model_management.load_models_gpu([unet])
+    model = unet.model
+    flow_sampling = FlowModelSampling(model.model_config)
+    flow_sampling.set_parameters(shift=shift, multiplier=multiplier)
+    device = model_management.get_torch_device()
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
+        own = model.model_sampling
+        model.model_sampling = flow_sampling
+        try:
+            return model.apply_model(x.to(device), sigma.to(device), **_unet_conds(cond, device)).float()
+        finally:
+            model.model_sampling = own
+
+    return denoise, flow_sampling.sigmas, flow_noising
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------
+
+def load_checkpoint(info, forced: bool = False):
+    """Load a checkpoint the way the WebUI's checkpoint setting does: sd_models.reload_model_weights (reForge's
+    load_model: its loaded-model list and sd_checkpoints_limit, its memory cleanup, its VAE rules, the
+    on_model_loaded callbacks), on reForge's main thread, which its setting uses too. `forced` tears down and
+    reloads a checkpoint that is already loaded. Returns the loaded model; a failure is raised here."""
+    outcome: dict = {}
+
+    def load():
+        try:
+            outcome["model"] = sd_models.reload_model_weights(info=info, forced_reload=forced)
+        except BaseException as error:  # noqa: BLE001  (main_thread only prints it; raised below, in our thread)
+            outcome["error"] = error
+
+    main_thread.run_and_wait_result(load)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("model")
 
 
 # --- rectified flow --------------------------------------------------------------------------------------

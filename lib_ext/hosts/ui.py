@@ -10,6 +10,7 @@ from lib_ext.settings import FIELD_BY_NAME, HIRES_MODES, MERGE_METHOD_LABELS, PR
 NO_MERGE = "None"
 TE_FOLLOWS = "follow"
 TE_RATIO_CHOICES = [TE_FOLLOWS, "0", "0.25", "0.5", "0.75", "1"]
+UI_ZERO_WEIGHT = 0.0  # the slider's start (null uncond); the setting's own default, None, has no slider value
 
 
 def checkpoint_choices() -> list[str]:
@@ -43,8 +44,8 @@ class UncondAccordion:
         defaults = Settings()
         with InputAccordion(False, label="Uncond Lab", elem_id=self.elem_id("enabled")) as enabled:
             self.controls["enabled"] = enabled
-            with gr.Row():
-                self._slider("zero_weight", "Zero weight", defaults.zero_weight)
+            with gr.Row():  # the slider always sends a weight: switching the control on asks for a blend
+                self._slider("zero_weight", "Zero weight", UI_ZERO_WEIGHT)
             with gr.Row():
                 self._slider("start", "Start", defaults.start)
                 self._slider("end", "End", defaults.end)
@@ -61,17 +62,21 @@ class UncondAccordion:
             self.controls["compare"] = gr.Checkbox(
                 defaults.compare, label="Compare zero vs null (renders the WebUI default, null and zero too)",
                 elem_id=self.elem_id("compare"))
-            with gr.Accordion("Rectified flow", open=False, elem_id=self.elem_id("rf_group")):
-                self.controls["rf"] = gr.Radio(list(PREDICTIONS.values()), value=PREDICTIONS[defaults.rf],
-                                               label="Prediction", elem_id=self.elem_id("rf"))
-                with gr.Row():
-                    self.controls["shift"] = gr.Number(value=defaults.shift, label="Shift", step=0.1,
-                                                       elem_id=self.elem_id("shift"))
-                    with gr.Accordion("Advanced", open=False, elem_id=self.elem_id("rf_advanced")):
-                        self.controls["multiplier"] = gr.Number(value=defaults.multiplier, label="Timestep multiplier",
-                                                                step=1, elem_id=self.elem_id("multiplier"))
+        self._rf_section(defaults)
         self._merge_section(defaults)
         return [self.controls[name] for name in FIELD_BY_NAME]
+
+    def _rf_section(self, defaults: Settings) -> None:
+        """Its own accordion: rectified flow does not depend on the uncond switch above."""
+        with gr.Accordion("Uncond Lab: rectified flow", open=False, elem_id=self.elem_id("rf_group")):
+            self.controls["rf"] = gr.Radio(list(PREDICTIONS.values()), value=PREDICTIONS[defaults.rf],
+                                           label="Prediction", elem_id=self.elem_id("rf"))
+            with gr.Row():
+                self.controls["shift"] = gr.Number(value=defaults.shift, label="Shift", step=0.1,
+                                                   elem_id=self.elem_id("shift"))
+                with gr.Accordion("Advanced", open=False, elem_id=self.elem_id("rf_advanced")):
+                    self.controls["multiplier"] = gr.Number(value=defaults.multiplier, label="Timestep multiplier",
+                                                            step=1, elem_id=self.elem_id("multiplier"))
 
     def _merge_section(self, defaults: Settings) -> None:
         """Its own accordion: the merge does not depend on the uncond switch above (an InputAccordion opens only

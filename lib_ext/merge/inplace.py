@@ -60,7 +60,8 @@ from typing import Any, Callable, Iterable, Mapping, Union
 import torch
 
 from lib_ext.merge.keys import GROUP_LABELS, classify_key
-from lib_ext.merge.ops import add_difference_into, bits_equal, weighted_sum_into
+from lib_ext.merge.ops import (CastBuffers, add_difference_into, bits_equal, merge_operand, pieces,
+                               weighted_sum_into)
 from lib_ext.merge.recipe import ADD_DIFFERENCE, WEIGHTED_SUM, MergeRecipe
 from lib_ext.merge.sources import MergeInputs, MergePlan, plan_merge
 
@@ -171,6 +172,9 @@ class InPlaceMerge:
         self.groups: tuple[str, ...] = tuple(g for g in self.plan.groups if g in handed_over)
         self._slots: dict[str, list[_Slot]] = {}
         self.placement_used: str | None = None  # what "auto" chose, once prepared
+        # Mapped: cast buffers, kept from one switch to the next (at most CHUNK_ELEMENTS per role and dtype: 16 MiB
+        # in float32); made again for every pass, they would pile up as freed blocks in glibc's per-thread arenas.
+        self._scratch = CastBuffers()
         self._state: dict[str, object] = {g: None for g in self.groups}  # None: originals; a float: that ratio
         self._staging: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -248,10 +252,13 @@ class InPlaceMerge:
         load = self._map_slot if placement == "mapped" else self._load_slot
         cpu = torch.device("cpu")
         slots: dict[str, list[_Slot]] = {g: [] for g in self.groups}
-        with torch.no_grad():  # nothing is written to the targets here: an error leaves them as they were
-            for key, tensor in live.items():
-                device = cpu if placement == "cpu" else tensor.device
-                slots[self.plan.group_of(key)].append(load(key, tensor, device))
+        try:
+            with torch.no_grad():  # nothing is written to the targets here: an error leaves them as they were
+                for key, tensor in live.items():
+                    device = cpu if placement == "cpu" else tensor.device
+                    slots[self.plan.group_of(key)].append(load(key, tensor, device))
+        finally:
+            self._scratch = CastBuffers()  # the check's buffer goes back
         self._slots, self.placement_used = slots, placement
         if placement != "mapped":
             self._close_inputs()  # everything needed is resident: release the files (Windows can then move them)
@@ -265,18 +272,16 @@ class InPlaceMerge:
             base = self.inputs.a.tensor(key).to(device=device, dtype=dtype)
             if not bits_equal(base.to(tensor.dtype), tensor.detach().to(device)):
                 original = tensor.detach().to(device=device, copy=True)
-        if self.recipe.method == WEIGHTED_SUM:
-            other = self.inputs.b.tensor(key).to(device=device, dtype=dtype)
-        else:
-            difference = self.inputs.b.tensor(key).float() - self.inputs.c.tensor(key).float()
-            other = difference.to(device=device, dtype=self.difference_dtype or dtype)
+        c = self.inputs.c.tensor(key) if self.inputs.c is not None else None
+        other = merge_operand(self.recipe.method, self.inputs.b.tensor(key), c, device, dtype, self.difference_dtype)
         return _Slot(key, tensor.shape, tensor.dtype, base, other, original)
 
     def _map_slot(self, key: str, tensor: torch.Tensor, device: torch.device) -> _Slot:
         """Mapped: nothing resident, unless the live value is not A's file value as the host casts it (then
         that live value is kept in RAM: as A with base="live", as what restore() writes with base="file")."""
-        live = tensor.detach()
-        if bits_equal(_as_loaded(self.inputs.a.view(key), live.dtype, live.device), live):
+        live, stored, scratch = tensor.detach(), self.inputs.a.view(key), self._scratch
+        if all(bits_equal(scratch.cast("check", piece(stored), live.device, live.dtype), piece(live))
+               for piece in pieces(live)):
             return _Slot(key, tensor.shape, tensor.dtype, None, None, None)
         if self.base == "live":
             return _Slot(key, tensor.shape, tensor.dtype, live.to("cpu", compute_dtype_for(live.dtype), copy=True),
@@ -289,7 +294,7 @@ class InPlaceMerge:
             if self.prepared:
                 self.restore()
         finally:
-            self._slots, self._staging = {}, {}
+            self._slots, self._staging, self._scratch = {}, {}, CastBuffers()
             self._close_inputs()
 
     def _close_inputs(self) -> None:
@@ -378,7 +383,8 @@ class InPlaceMerge:
                 for slot in self._slots[group]:
                     target = self._checked_target(targets, slot)
                     original = slot.original if slot.original is not None else slot.base
-                    target.copy_(original if original is not None else self._a_as_loaded(slot, target.device))
+                    # copy_ casts A's file value to the live dtype as the host did (checked at prepare())
+                    target.copy_(original if original is not None else self.inputs.a.view(slot.key))
                 self._state[group] = None
                 changed.add(group)
         return frozenset(changed)
@@ -411,10 +417,6 @@ class InPlaceMerge:
             for source in self.inputs.by_role().values():
                 source.check_unchanged()
 
-    def _a_as_loaded(self, slot: _Slot, device: torch.device) -> torch.Tensor:
-        """A's file value as the host loaded it: the live value at prepare() (checked there, bit for bit)."""
-        return _as_loaded(self.inputs.a.view(slot.key), slot.live_dtype, device)
-
     def _write_group(self, group: str, ratio: float, targets: Mapping[str, torch.Tensor], a_in_place: bool) -> None:
         """One pass over a group's parameters. The hot loop of a switch: keep it lean (≈ 1680 tensors, SDXL).
         a_in_place: the live tensors hold A (the originals): a mapped switch need not read A's file."""
@@ -438,25 +440,25 @@ class InPlaceMerge:
 
     def _write_from_files(self, slot: _Slot, target: torch.Tensor, ratio: float, write, a_in_place: bool) -> None:
         """Mapped: the same operands as the resident copies would be (A as loaded, B cast to the compute dtype,
-        D = B − C in float32 then rounded), read from the files onto the target's device, written into it."""
-        dtype, device = compute_dtype_for(slot.live_dtype), target.device
-        if slot.base is not None:
-            a = _on(slot.base, device, dtype)
-        elif a_in_place and target.dtype == dtype:
-            a = target  # lerp / add read and write it element by element
-        else:
-            a = _on(self._a_as_loaded(slot, device), device, dtype)
-        inputs = self.inputs
-        if self.recipe.method == WEIGHTED_SUM:
-            other = _on(inputs.b.view(slot.key), device, dtype)
-        else:
-            difference = (_on(inputs.b.view(slot.key), device, torch.float32)
-                          - _on(inputs.c.view(slot.key), device, torch.float32))
-            other = _on(difference, device, self.difference_dtype or dtype)
-        out = target if target.dtype == dtype else torch.empty(slot.shape, device=device, dtype=dtype)
-        write(out, a, other, ratio)
-        if out is not target:
-            target.copy_(out)  # float8 storage: one cast, as from the resident copies
+        D = B − C in float32 then rounded), read from the files onto the target's device, written into it, a
+        piece at a time through the pass's reused buffers."""
+        dtype, device, cast = compute_dtype_for(slot.live_dtype), target.device, self._scratch.cast
+        files = self.inputs
+        a_file, b, c = files.a.view(slot.key), files.b.view(slot.key), files.c.view(slot.key) if files.c else None
+        for piece in pieces(target):
+            out = piece(target)
+            if slot.base is not None:
+                a = cast("a", piece(slot.base), device, dtype)
+            elif a_in_place and target.dtype == dtype:
+                a = out  # lerp / add read and write it element by element
+            else:  # A as the host loaded it (float8: stored → float8 → float16)
+                a = cast("a", cast("a_live", piece(a_file), device, slot.live_dtype), device, dtype)
+            other = merge_operand(self.recipe.method, piece(b), None if c is None else piece(c), device, dtype,
+                                  self.difference_dtype, self._scratch)
+            result = out if out.dtype == dtype else self._scratch.take("out", out.shape, device, dtype)
+            write(result, a, other, ratio)
+            if result is not out:
+                out.copy_(result)  # float8 storage: one cast, as from the resident copies
 
     def _staging_buffer(self, slot: _Slot, target_device: torch.device) -> torch.Tensor:
         """One reusable buffer per (device, dtype), as large as the largest resident tensor there."""
@@ -470,14 +472,3 @@ class InPlaceMerge:
                 buffer = buffer.pin_memory()  # page-locked: the host → device copy runs at full PCIe speed
             self._staging[(device, dtype)] = buffer
         return buffer[:slot.base.numel()].view(slot.shape)
-
-
-def _as_loaded(stored: torch.Tensor, live_dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A file's tensor as a host loads it: moved, then cast to the live dtype (float16/bfloat16/float8 casts
-    round to nearest, the same on every device); no copy when it already is that."""
-    return _on(_on(stored, device, stored.dtype), device, live_dtype)
-
-
-def _on(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """tensor.to(device, dtype), skipping the call when it is a no-op (a switch makes thousands of them)."""
-    return tensor if tensor.dtype == dtype and tensor.device == device else tensor.to(device=device, dtype=dtype)

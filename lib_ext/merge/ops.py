@@ -6,7 +6,16 @@ copies, which makes "ratio 0 is A, ratio 1 is B" hold bit for bit.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+
+from lib_ext.merge.recipe import WEIGHTED_SUM
+
+# Mapped passes cast and merge at most this many elements of a tensor at a time, through reused buffers. A power
+# of two, so that every piece but the last is a whole number of SIMD vectors: elementwise kernels then give each
+# element the bits they give it in one call over the whole tensor.
+CHUNK_ELEMENTS = 1 << 22
 
 _BIT_VIEWS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -38,3 +47,58 @@ def bits_equal(x: torch.Tensor, y: torch.Tensor) -> bool:
         return torch.equal(x, y)
     view = _BIT_VIEWS[x.element_size()]
     return torch.equal(x.contiguous().view(view), y.to(x.device).contiguous().view(view))
+
+
+def merge_operand(method: str, b: torch.Tensor, c: torch.Tensor | None, device: torch.device, dtype: torch.dtype,
+                  difference_dtype: torch.dtype | None = None, scratch: "CastBuffers | None" = None) -> torch.Tensor:
+    """What a merge combines with A, on `device`: B in the compute dtype (weighted sum), or D = B − C computed in
+    float32 and rounded once to `difference_dtype or dtype` (add difference). Every placement and host uses this,
+    so that they all write the same bits. With `scratch`, casts go into its reused buffers."""
+    scratch = scratch or _NO_SCRATCH
+    if method == WEIGHTED_SUM:
+        return scratch.cast("b", b, device, dtype)
+    b32, c32 = scratch.cast("b", b, device, torch.float32), scratch.cast("c", c, device, torch.float32)
+    difference = torch.sub(b32, c32, out=scratch.take("d32", b32.shape, device, torch.float32))
+    return scratch.cast("d", difference, device, difference_dtype or dtype)
+
+
+class CastBuffers:
+    """Buffers reused for every cast, one per role and dtype. A fresh tensor per cast would leave glibc holding the
+    freed blocks in per-thread arenas: measured in A1111, a sweep of a float32 model from float16 files grew the
+    process by a whole model copy of such blocks."""
+
+    def __init__(self):
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def take(self, role: str, shape: torch.Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        numel = math.prod(shape)
+        buffer = self._buffers.get((role, device, dtype))
+        if buffer is None or buffer.numel() < numel:
+            buffer = self._buffers[(role, device, dtype)] = torch.empty(max(numel, 1), device=device, dtype=dtype)
+        return buffer[:numel].view(shape)
+
+    def cast(self, role: str, tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """tensor.to(device, dtype) (copy_ casts the same way), into a buffer; no copy when it is a no-op."""
+        if tensor.dtype == dtype and tensor.device == device:
+            return tensor
+        return self.take(role, tensor.shape, device, dtype).copy_(tensor)
+
+
+class _Allocating(CastBuffers):
+    """No buffers to reuse: each cast and result a new tensor (one-off callers, e.g. reForge's patches)."""
+
+    def take(self, role, shape, device, dtype):
+        return torch.empty(shape, device=device, dtype=dtype)
+
+
+_NO_SCRATCH = _Allocating()
+
+
+def pieces(tensor: torch.Tensor):
+    """Functions that cut a tensor (and any other of its shape) into flat pieces of CHUNK_ELEMENTS; the whole
+    tensor when it is small or not contiguous."""
+    numel = tensor.numel()
+    if numel <= CHUNK_ELEMENTS or not tensor.is_contiguous():
+        return [lambda t: t]
+    return [lambda t, start=start: t.reshape(-1)[start:start + CHUNK_ELEMENTS]
+            for start in range(0, numel, CHUNK_ELEMENTS)]

@@ -20,8 +20,10 @@ float8 storage), D = B − C in float32 rounded to it, torch.lerp / torch.add co
 into reForge's working copy, which reForge's cast back returns exactly. So every ratio gives A1111's weights bit
 for bit (tested), r = 0 is A and r = 1 (weighted sum) B as reForge would load them.
 
-Memory: none resident. The patches hold views of the mapped files (the OS page cache holds their pages while RAM
-allows); a switch reads B (and C) of each weight as reForge patches it. reForge itself keeps a backup of each
+Memory: none resident but the cast buffers the patches share (at most 4 Mi elements per role and dtype, reused
+for every weight: a fresh tensor per weight would stay in glibc's arenas). The patches hold views of the mapped
+files (the OS page cache holds their pages while RAM allows); a switch reads B (and C) of each weight as reForge
+patches it. reForge itself keeps a backup of each
 patched weight while the patches are loaded (one copy of the patched groups; its own business).
 """
 from __future__ import annotations
@@ -31,34 +33,35 @@ from typing import Callable, Iterable, Mapping
 import torch
 
 from lib_ext.merge.inplace import compute_dtype_for
-from lib_ext.merge.ops import add_difference_into, weighted_sum_into
+from lib_ext.merge.ops import CastBuffers, add_difference_into, merge_operand, pieces, weighted_sum_into
 from lib_ext.merge.recipe import WEIGHTED_SUM, MergeRecipe
 from lib_ext.merge.sources import MergeInputs, MergePlan, plan_merge
 
 
 class FilePatch:
     """One weight's merge, computed only when the host applies it, from views of the mapped B (and C)."""
-    __slots__ = ("method", "b", "c", "live_dtype")
+    __slots__ = ("method", "b", "c", "live_dtype", "buffers")
 
-    def __init__(self, method: str, b: torch.Tensor, c: torch.Tensor | None, live_dtype: torch.dtype):
+    def __init__(self, method: str, b: torch.Tensor, c: torch.Tensor | None, live_dtype: torch.dtype,
+                 buffers: CastBuffers | None = None):
         self.method, self.b, self.c, self.live_dtype = method, b, c, live_dtype
+        self.buffers = buffers or CastBuffers()  # shared by a merge's patches: no allocation per weight
 
     def merge_into(self, weight: torch.Tensor, ratio: float) -> torch.Tensor:
         """`weight` (A as loaded, in the live dtype or wider: reForge's float32 working copy) ← the merge at
-        `ratio`, computed in the live dtype as InPlaceMerge computes it; in place, returns `weight`."""
+        `ratio`, computed in the live dtype as InPlaceMerge computes it, a piece at a time; in place, returns
+        `weight`."""
         with torch.no_grad():  # the host's working copy may come from a parameter that requires grad
-            return self._merge_into(weight, ratio)
-
-    def _merge_into(self, weight: torch.Tensor, ratio: float) -> torch.Tensor:
-        dtype, device = compute_dtype_for(self.live_dtype), weight.device
-        a = weight if weight.dtype == dtype else weight.to(dtype)  # exact: the working copy holds A as loaded
-        if self.method == WEIGHTED_SUM:
-            weighted_sum_into(a, a, self.b.to(device=device, dtype=dtype), ratio)
-        else:
-            difference = self.b.to(device).float() - self.c.to(device).float()
-            add_difference_into(a, a, difference.to(dtype), ratio)
-        if a is not weight:
-            weight.copy_(a)  # widening: the host's cast back gives these bits again
+            dtype, device, buffers = compute_dtype_for(self.live_dtype), weight.device, self.buffers
+            write = weighted_sum_into if self.method == WEIGHTED_SUM else add_difference_into
+            for piece in pieces(weight):
+                out = piece(weight)
+                a = buffers.cast("a", out, device, dtype)  # exact: the working copy holds A as loaded
+                other = merge_operand(self.method, piece(self.b), None if self.c is None else piece(self.c),
+                                      device, dtype, None, buffers)
+                write(a, a, other, ratio)
+                if a is not out:
+                    out.copy_(a)  # widening: the host's cast back gives these bits again
         return weight
 
 
@@ -69,6 +72,7 @@ class PatchMerge:
         self.recipe = recipe
         self._owns_inputs = inputs is None
         self.inputs = MergeInputs.open(recipe) if inputs is None else inputs
+        self.buffers = CastBuffers()  # the patches' cast buffers (reForge patches one weight at a time)
         try:
             self.plan: MergePlan = plan_merge(recipe, self.inputs)
         except BaseException:
@@ -87,8 +91,8 @@ class PatchMerge:
         keys = self.plan.keys_of(group)
         b = convert({key: self.inputs.b.view(key) for key in keys})
         c = convert({key: self.inputs.c.view(key) for key in keys}) if self.inputs.c is not None else {}
-        return {key: FilePatch(self.recipe.method, tensor, c.get(key), live_dtypes.get(key, torch.float32))
-                for key, tensor in b.items()}
+        return {key: FilePatch(self.recipe.method, tensor, c.get(key), live_dtypes.get(key, torch.float32),
+                               self.buffers) for key, tensor in b.items()}
 
     def check_unchanged(self) -> None:
         """Raise if an input was rewritten in place (the patches would read other values)."""
@@ -96,6 +100,7 @@ class PatchMerge:
             source.check_unchanged()
 
     def close(self) -> None:
+        self.buffers = CastBuffers()
         if self._owns_inputs:
             self.inputs.close()
 

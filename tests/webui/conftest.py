@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -100,13 +101,16 @@ def _wait_until_up(webui: WebUI, process: subprocess.Popen, log: Path, timeout: 
         if "failed to load" in text:
             raise RuntimeError(f"the WebUI's first checkpoint failed to load; see {log}")
         if all(marker in text for marker in ready):
-            webui.get("/sdapi/v1/sd-models")
-            return
+            try:
+                webui.get("/sdapi/v1/sd-models")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                pass  # --nowebui: its server starts listening after the log's "Startup time:"
         time.sleep(1)
     raise RuntimeError(f"the WebUI was not ready within {timeout:.0f} s; see {log}")
 
 
-def _start_webui(webui_dir: Path, data_dir: Path, sdxl: bool):
+def _start_webui(webui_dir: Path, data_dir: Path, sdxl: bool, extra_flags: tuple[str, ...] = ()):
     kind = "reforge" if (webui_dir / "modules_forge").is_dir() else "a1111"
     python = os.environ.get("WEBUI_PYTHON") or str(webui_dir / "venv" / "bin" / "python")
     models_dir = Path(os.environ.get("UNCOND_LAB_MODELS_DIR") or data_dir / "models" / "Stable-diffusion")
@@ -127,7 +131,7 @@ def _start_webui(webui_dir: Path, data_dir: Path, sdxl: bool):
     log = data_dir / "webui.log"
     # Start on the small SD1.5 model (else the WebUIs load the first checkpoint by name, maybe a 3.5 GB SDXL one).
     (data_dir / "config.json").write_text(json.dumps({"sd_model_checkpoint": f"{SD15}.safetensors"}))
-    command = [python, "launch.py", *FLAGS[kind], "--port", str(port), "--data-dir", str(data_dir)]
+    command = [python, "launch.py", *FLAGS[kind], *extra_flags, "--port", str(port), "--data-dir", str(data_dir)]
     with open(log, "wb") as log_file:
         process = subprocess.Popen(command, cwd=webui_dir, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                    start_new_session=True)
@@ -147,6 +151,14 @@ def _detect_kind(webui: WebUI) -> str:
         return kind
     scripts = webui.get("/sdapi/v1/scripts")["txt2img"]
     return "reforge" if any("reforge" in name for name in scripts) else "a1111"
+
+
+def _stop_webui(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
@@ -172,11 +184,23 @@ def webui(request, tmp_path_factory):
         webui.fresh[name] = webui.txt2img().pixels
     yield webui
     if process is not None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        _stop_webui(process)
+
+
+@pytest.fixture(scope="module")
+def api_only_webui(tmp_path_factory):
+    """A second WebUI of the same kind, started with --nowebui (API only: the UI is never built and
+    `on_before_ui` comes after the API's scripts are set up), on 127.0.0.1 only. Needs WEBUI_DIR."""
+    webui_dir = os.environ.get("WEBUI_DIR")
+    if not webui_dir:
+        pytest.skip("an API-only WebUI is started from WEBUI_DIR (see tests/webui/conftest.py)")
+    webui, process = _start_webui(Path(webui_dir).resolve(), tmp_path_factory.mktemp("webui-api-only-data"), False,
+                                  extra_flags=("--nowebui", "--server-name", "127.0.0.1"))
+    try:
+        webui.post("/sdapi/v1/options", {"live_previews_enable": False})
+        yield webui
+    finally:
+        _stop_webui(process)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import random
 import re
@@ -254,8 +255,26 @@ def test_merge_partner_axis(merge_pair):
     args = xyz_args(p.webui, "[Uncond Lab] Merge partner", f"None, {p.b_title}", "CFG Scale", "7")
     grid = p.txt2img({"merge_ratio": 1.0, **p.te_settings}, script_name=XYZ, script_args=args)
     texts, pixels = grid.infotexts[-2:], pictures(grid)[-2:]
-    by_partner = {("Merge model B" in text): [image] for text, image in zip(texts, pixels)}
+    by_partner = {("Merge model B: None" not in text): [image] for text, image in zip(texts, pixels)}
     assert by_partner == {False: p.alone[("A", 7.0)], True: p.alone[("B", 7.0)]}
+
+
+def test_a_none_partner_column_in_a_ratio_grid_is_model_a(merge_pair):
+    """Partner {B, None} × ratio {0.5, 1} with no partner in the accordion: the None cells are model A (the
+    grid's reference column), their infotext saying that no merge was applied; no cell fails."""
+    p = merge_pair
+    log = Log(p.webui)
+    args = xyz_args(p.webui, "[Uncond Lab] Merge partner", f"{p.b_title}, None", "[Uncond Lab] Merge ratio", "0.5, 1")
+    grid = p.txt2img(script_name=XYZ, script_args=args)
+    texts, pixels = grid.infotexts[-4:], pictures(grid)[-4:]
+    assert len(texts) == 4 and None not in texts
+    none_cells = [[image] for text, image in zip(texts, pixels) if "Merge model B: None" in text]
+    assert none_cells == [p.alone[("A", 7.0)]] * 2
+    merged = {float(re.search(r"Merge ratio: ([\d.]+)", text).group(1)): [image]
+              for text, image in zip(texts, pixels) if "Merge model B: None" not in text}
+    assert merged[1.0] == p.alone[("B", 7.0)] and merged[0.5] != p.alone[("A", 7.0)]
+    assert "needs a merge partner" not in log.text()
+    assert p.pictures() == p.alone[("A", 7.0)]
 
 
 def test_img2img_encodes_its_init_image_with_the_merged_vae(merge_pair):
@@ -552,6 +571,13 @@ def test_the_probe_tab_sweeps_the_merge_ratio(merge_pair):
     assert error == "" and "Score by merge ratio" in summary and "r=0:" in summary and "r=1:" in summary
     assert len(files) == 2 and sweep_plot["visible"] is True
     assert [row[0] for row in table["data"]] == [0, 1]
+    # The table shows 4 significant digits; the JSON download keeps every digit.
+    shown = [value for row in table["data"] for value in row if isinstance(value, float)]
+    assert shown and all(value == float(f"{value:.4g}") for value in shown)
+    with open(next(gallery_file(f) for f in files if gallery_file(f).endswith(".json"))) as file:
+        scores = json.load(file)["columns"]["score"]
+    assert any(score != float(f"{score:.4g}") for score in scores)
+    assert [float(f"{score:.4g}") for score in scores] == [row[1] for row in table["data"]]
     plain = gradio_call(p.webui, "uncond_lab_probe_run", probe_settings + ["None", "Weighted sum", "None", "follow",
                                                                            "0, 1"])
     assert "**Score " in plain[0] and plain[5] == ""

@@ -3,8 +3,9 @@
 What is checked: RF runs in txt2img, img2img and hires fix with the RF schedule and Euler, Heun, DPM++ 2M (each
 deterministic and different from the model's own sampling); Euler a runs its RF variant, seeded; refused
 samplers and conflicting options give HTTP 422 with a message; infotext and PNG-info round trip; the X/Y/Z RF
-shift axis; a checkpoint that declares flow in its metadata is RF by default; nothing is left behind (plain
-generations afterwards equal the ones made before any test, also after a failure or an interrupt mid-sampling).
+shift axis; a checkpoint that declares flow in its metadata is RF by default; RF is independent of the uncond
+control (it leaves the WebUI's own uncond until a zero weight is set); nothing is left behind (plain generations
+afterwards equal the ones made before any test, also after a failure or an interrupt mid-sampling).
 
 Oracle (reForge): its built-in "Advanced Model Sampling" in SD3 mode with shift s is ComfyUI's flow sampling;
 Uncond Lab RF with shift s must give the same pixels (txt2img: identical; img2img/hires: within one level,
@@ -21,7 +22,8 @@ from tests.webui.client import ApiError, b64_png, max_pixel_difference
 from tests.webui.conftest import SD15, SDXL
 from tests.webui.test_uncond_e2e import warm_img2img, xyz_args
 
-RF = {"enabled": True, "rf": True, "shift": 3.0}
+RF = {"enabled": True, "rf": True, "shift": 3.0}  # the uncond switch on without a weight: the WebUI's own uncond
+RF_ONLY = {"rf": True, "shift": 3.0}
 RF_SCHEDULE = {"scheduler": "Rectified Flow"}
 HIRES = {"enable_hr": True, "hr_scale": 2, "denoising_strength": 0.6, "hr_second_pass_steps": 3, "hr_cfg": 0}
 SAMPLERS = ["Euler", "Heun", "DPM++ 2M"]
@@ -186,7 +188,7 @@ def test_sd15_api_labels_and_positional_args(sd15):
 
 
 def test_sd15_infotext_round_trip_through_png_info(sd15):
-    settings = {**RF, "shift": 2.5, "multiplier": 999.0}
+    settings = {**RF_ONLY, "shift": 2.5, "multiplier": 999.0}
     image = sd15.txt2img(settings, **RF_SCHEDULE).images[0]
     parameters = sd15.post("/sdapi/v1/png-info", {"image": b64_png(image)})["parameters"]
     assert parameters["RF shift"] == "2.5" and parameters["RF multiplier"] == "999.0"
@@ -203,8 +205,9 @@ def test_sd15_xyz_over_rf_shift(sd15):
     cells, texts = grid.pixels[1:], grid.infotexts[-2:]
     assert len(cells) == 2
     assert ["RF shift: 1.0" in texts[0], "RF shift: 3.0" in texts[1]] == [True, True]
-    # The shift-3 cell is the plain RF generation with shift 3 (the axis switches Uncond Lab and RF on).
-    assert cells[1] == sd15.txt2img(RF, **RF_SCHEDULE).pixels[0]
+    # The shift-3 cell is the plain RF generation with shift 3 (the axis switches RF on, nothing else).
+    assert cells[1] == sd15.txt2img(RF_ONLY, **RF_SCHEDULE).pixels[0]
+    assert "Uncond zero weight" not in texts[1]
     assert cells[0] != cells[1]
 
 
@@ -288,8 +291,8 @@ def ams(shift: float = 3.0, mode: str = "SD3") -> dict:
 
 
 def webui_uncond(settings: dict, model: str) -> dict:
-    """`settings` with the uncond the WebUI itself feeds for an empty negative: te("") on SD1.5, zeros on SDXL
-    (Uncond Lab enabled otherwise feeds te(""), its zero weight 0, which on SDXL is another picture)."""
+    """`settings` with the uncond the WebUI itself feeds for an empty negative spelled out: te("") on SD1.5, zeros
+    (w = 1) on SDXL. The same pictures as no weight at all, which leaves the WebUI's own uncond."""
     return {**settings, "zero_weight": 1.0} if model == SDXL else settings
 
 
@@ -299,6 +302,7 @@ def check_rf_equals_advanced_model_sampling_sd3(webui, model: str) -> None:
     ours = {(sampler, schedule): webui.txt2img(rf, sampler_name=sampler, scheduler=schedule).images[0]
             for sampler, schedule in [("Euler", "Automatic"), ("Euler", "Simple"), ("Euler", "Karras"),
                                       ("Heun", "Simple"), ("DPM++ 2M", "Simple")]}
+    rf_only = webui.txt2img(RF_ONLY, sampler_name="Euler", scheduler="Simple").images[0]
     init = b64_png(webui.txt2img().images[0])
     ours_img2img = webui.img2img(rf, init_images=[init], denoising_strength=0.6, scheduler="Simple").images[0]
     ours_hires = webui.txt2img(rf, scheduler="Simple", **HIRES).images[0]
@@ -307,6 +311,7 @@ def check_rf_equals_advanced_model_sampling_sd3(webui, model: str) -> None:
         for (sampler, schedule), image in ours.items():
             theirs = webui.txt2img(sampler_name=sampler, scheduler=schedule, scripts=ams()).images[0]
             assert max_pixel_difference(image, theirs) == 0, (sampler, schedule)
+        assert max_pixel_difference(rf_only, ours[("Euler", "Simple")]) == 0  # {"rf": true, "shift": 3} alone
         theirs = webui.img2img(init_images=[init], denoising_strength=0.6, scheduler="Simple", scripts=ams())
         assert max_pixel_difference(ours_img2img, theirs.images[0]) <= 1
         theirs = webui.txt2img(scheduler="Simple", scripts=ams(), **HIRES)
@@ -332,14 +337,16 @@ def test_sdxl_reforge_rf_equals_advanced_model_sampling_sd3(sdxl):
 # --- a checkpoint that declares flow in its metadata -------------------------------------------------------
 
 def check_model_default(webui, flow_model: str, plain_model: str) -> None:
+    """'Model default' applies whatever the uncond switch: a checkpoint that declares flow samples as RF."""
     webui.use_checkpoint(flow_model)
     try:
-        by_default = webui.txt2img({"enabled": True}, **RF_SCHEDULE)
-        assert "RF shift: 3.0" in by_default.infotexts[0]
+        by_default = webui.txt2img(**RF_SCHEDULE)
+        assert "RF shift: 3.0" in by_default.infotexts[0] and "Uncond" not in by_default.infotexts[0]
         assert webui.txt2img(RF, **RF_SCHEDULE).pixels == by_default.pixels
-        own = webui.txt2img({"enabled": True, "rf": False})
+        assert webui.txt2img({"enabled": True}, **RF_SCHEDULE).pixels == by_default.pixels
+        own = webui.txt2img({"rf": False})
         assert "RF shift" not in own.infotexts[0] and own.pixels != by_default.pixels
-        assert webui.txt2img().pixels == webui.fresh[plain_model]  # disabled: nothing changes (same weights)
+        assert own.pixels == webui.fresh[plain_model]  # the model's own sampling of the same weights
         if webui.kind == "reforge":  # Advanced Model Sampling, enabled by the user, wins over a model default
             theirs = webui.txt2img(scheduler="Simple", scripts=ams())
             enabled = webui_uncond({"enabled": True}, plain_model)
@@ -358,6 +365,20 @@ def test_sd15_checkpoint_declaring_flow_is_rf_by_default(sd15):
 
 def test_sdxl_checkpoint_declaring_flow_is_rf_by_default(sdxl):
     check_model_default(sdxl, FLOW_SDXL, SDXL)
+
+
+def test_sdxl_rf_alone_keeps_the_webuis_uncond(sdxl):
+    """Issue 10: RF asked for on its own (or with the uncond switch on but no weight) changes the sampling only. For
+    SDXL with an empty negative the WebUI's own uncond is the zero uncond (w = 1), not te("") (w = 0)."""
+    rf_only = sdxl.txt2img(RF_ONLY, **RF_SCHEDULE)
+    assert "RF shift: 3.0" in rf_only.infotexts[0] and "Uncond" not in rf_only.infotexts[0]
+    assert sdxl.txt2img(RF, **RF_SCHEDULE).pixels == rf_only.pixels
+    assert sdxl.txt2img({**RF, "zero_weight": 1.0}, **RF_SCHEDULE).pixels == rf_only.pixels
+    assert sdxl.txt2img({**RF, "zero_weight": 0.0}, **RF_SCHEDULE).pixels != rf_only.pixels
+    # The X/Y/Z RF shift axis too, with the UI's args (the accordion off): the uncond stays the WebUI's.
+    args = xyz_args(sdxl, "[Uncond Lab] RF shift", "3", "Nothing", "")
+    grid = sdxl.txt2img(script_name="x/y/z plot", script_args=args, **RF_SCHEDULE)
+    assert grid.pixels[-1] == rf_only.pixels[0]
 
 
 def test_sdxl_rf_off_afterwards_is_a_fresh_start(sdxl):

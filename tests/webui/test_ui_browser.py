@@ -1,7 +1,11 @@
-"""The UI in a real browser: the accordion and its hints, infotext paste, the probe tab.
+"""The UI in a real browser: the accordion and its hints, infotext paste, the probe tab, and the README's pictures.
 
 Needs the `playwright` Python package and a Chromium (`UNCOND_LAB_CHROMIUM`, default /usr/bin/chromium); skipped
 otherwise. Screenshots go to `UNCOND_LAB_SCREENSHOTS` when set.
+
+The README's pictures (docs/images/*.png) are made here, from the running WebUI, on every run: a test fails when
+one can no longer be made. `UNCOND_LAB_UPDATE_PICTURES=1` writes them into docs/images/ (at most 900 px wide,
+128-colour PNGs; needs Pillow), from A1111 (an SDXL checkpoint shows the zero uncond that SD1.5 lacks).
 """
 from __future__ import annotations
 
@@ -12,10 +16,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.webui.conftest import SD15, SDXL
+
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = os.environ.get("UNCOND_LAB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
     pytest.skip("no Chromium for the browser tests", allow_module_level=True)
+
+PICTURES = Path(__file__).resolve().parents[2] / "docs" / "images"
+UPDATE_PICTURES = os.environ.get("UNCOND_LAB_UPDATE_PICTURES") == "1"
+MAX_PICTURE_WIDTH = 900  # px; the README's pictures are kept small (a few hundred KB in all)
+SD15_B = "uncondlab-tiny-sd15-b"
 
 PASTED = ("a lighthouse at dusk\nSteps: 4, Sampler: Euler, CFG scale: 7.0, Seed: 1234, Size: 64x64, "
           "Uncond zero weight: 0.7, Uncond start: 0.1, Uncond end: 0.9")
@@ -41,6 +52,84 @@ def screenshot(page, name: str) -> None:
         page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=False)
 
 
+def readme_picture(part, name: str, clip: dict | None = None) -> None:
+    """The README's picture `docs/images/<name>.png` of a part of the page (a locator, or the page and a clip):
+    made on every run (it fails when the part is gone or empty), written there with UNCOND_LAB_UPDATE_PICTURES=1,
+    kept in UNCOND_LAB_SCREENSHOTS."""
+    png = part.screenshot(animations="disabled", timeout=60_000, **({"clip": clip} if clip else {}))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000, f"the picture {name} is empty"
+    folder = os.environ.get("UNCOND_LAB_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.png").write_bytes(png)
+    if UPDATE_PICTURES:
+        import io
+
+        from PIL import Image
+        image = Image.open(io.BytesIO(png)).convert("RGB")
+        if image.width > MAX_PICTURE_WIDTH:
+            height = round(image.height * MAX_PICTURE_WIDTH / image.width)
+            image = image.resize((MAX_PICTURE_WIDTH, height), Image.Resampling.LANCZOS)
+        image = image.quantize(colors=128, method=Image.Quantize.MEDIANCUT)
+        PICTURES.mkdir(parents=True, exist_ok=True)
+        image.save(PICTURES / f"{name}.png", optimize=True)
+
+
+def choose(page, elem_id: str, *values: str) -> None:
+    """Pick values in a gradio dropdown (one, or several in a multi-select) as a user does: type, click the match."""
+    for value in values:
+        box = page.locator(f"#{elem_id} input").first
+        box.click()
+        box.fill(value)
+        page.locator(f"#{elem_id} ul.options li", has_text=value).first.click()
+    page.locator("body").click(position={"x": 5, "y": 5})  # close the list
+
+
+def region(page, top: str, bottom: str) -> dict:
+    """The page's area from the top of one element to the bottom of another, full width of both."""
+    first, last = page.locator(top).first.bounding_box(), page.locator(bottom).first.bounding_box()
+    left = min(first["x"], last["x"])
+    right = max(first["x"] + first["width"], last["x"] + last["width"])
+    return {"x": left, "y": first["y"], "width": right - left, "height": last["y"] + last["height"] - first["y"]}
+
+
+def fill_number(page, elem_id: str, value) -> None:
+    field = page.locator(f"#{elem_id} input[type=number]").first
+    field.fill(str(value))
+    field.press("Enter")
+
+
+def open_uncond_lab_tab(page, sub_tab: str) -> None:
+    page.locator("#tabs > .tab-nav button", has_text="Uncond Lab").click()
+    page.locator("#tab_uncond_lab_tab .tab-nav button", has_text=sub_tab).click()
+
+
+def open_txt2img(page) -> None:
+    page.locator("#tabs > .tab-nav button", has_text="txt2img").click()
+
+
+def small_txt2img(page, size: int = 128) -> None:
+    page.locator("#txt2img_prompt textarea").fill("a lighthouse at dusk")
+    fill_number(page, "txt2img_steps", 6)
+    fill_number(page, "txt2img_width", size)
+    fill_number(page, "txt2img_height", size)
+    fill_number(page, "txt2img_seed", 1234)
+
+
+def wait_for_images(page, gallery: str, timeout: float = 600_000) -> None:
+    page.wait_for_function(f"() => document.querySelectorAll('#{gallery} img').length > 0", timeout=timeout)
+
+
+def generate(page) -> None:
+    """txt2img's Generate, waiting for this generation's infotext (not the one before) and its pictures."""
+    before = page.locator("#html_info_txt2img").first.inner_text()  # the id is on two nested elements
+    page.locator("#txt2img_generate").click()
+    page.wait_for_function("(before) => { const text = document.querySelector('#html_info_txt2img').innerText;"
+                           " return text.includes('Seed:') && text !== before; }", arg=before, timeout=600_000)
+    wait_for_images(page, "txt2img_gallery")
+    page.wait_for_selector("#txt2img_results .progressDiv", state="detached", timeout=60_000)
+
+
 def number_value(page, elem_id: str) -> float:
     return float(page.locator(f"#{elem_id} input[type=number]").input_value())
 
@@ -52,6 +141,8 @@ def test_accordion_has_every_control_and_its_hint(page):
         assert element.count() == 1, name
         assert element.get_attribute("title"), f"no hint on {name}"
     screenshot(page, "accordion")
+    page.locator("#script_txt2img_uncond_lab_rf_group .label-wrap").first.click()
+    readme_picture(page.locator("#script_txt2img_uncond_lab_enabled"), "accordion")
 
 
 def test_infotext_paste_restores_the_settings(page):
@@ -87,6 +178,83 @@ def test_probe_tab_runs(page, webui):
                            timeout=300_000)
     assert "UNet calls" in page.locator("#uncond_lab_probe_summary").first.inner_text()
     screenshot(page, "probe_tab")
+
+
+def text_field(page, elem_id: str):
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input[type=text]").first
+
+
+def test_compare_grid_on_sdxl_picture(page, webui):
+    webui.use_checkpoint(SDXL)
+    open_txt2img(page)
+    small_txt2img(page)
+    choose(page, "txt2img_scheduler", "Automatic")  # the pasted infotexts above set RF and its schedule
+    page.locator("#script_txt2img_uncond_lab_rf input[value='Model default']").check()
+    enabled = page.locator("#script_txt2img_uncond_lab_enabled-checkbox input")
+    if not enabled.is_checked():
+        enabled.dispatch_event("click")  # the accordion's own checkbox input is hidden (A1111's InputAccordion)
+    fill_number(page, "script_txt2img_uncond_lab_zero_weight", 0.5)
+    fill_number(page, "script_txt2img_uncond_lab_start", 0)
+    fill_number(page, "script_txt2img_uncond_lab_end", 1)
+    page.locator("#script_txt2img_uncond_lab_compare input").check()
+    generate(page)
+    readme_picture(page.locator("#txt2img_gallery"), "compare_grid")
+    page.locator("#script_txt2img_uncond_lab_compare input").uncheck()
+
+
+def test_xyz_plot_with_uncond_lab_axes_on_sdxl_picture(page, webui):
+    webui.use_checkpoint(SDXL)
+    open_txt2img(page)
+    small_txt2img(page, size=64)
+    choose(page, "tab_txt2img #script_list", "X/Y/Z plot")
+    choose(page, "script_txt2img_xyz_plot_x_type", "[Uncond Lab] Zero weight")
+    text_field(page, "script_txt2img_xyz_plot_x_values").fill("0, 0.5, 1")
+    choose(page, "script_txt2img_xyz_plot_y_type", "CFG Scale")
+    text_field(page, "script_txt2img_xyz_plot_y_values").fill("3, 7")
+    generate(page)
+    readme_picture(page, "xyz_axes", clip=region(page, "#tab_txt2img #script_list", "#tab_txt2img #swap_axes"))
+    readme_picture(page.locator("#txt2img_gallery"), "xyz_grid")
+    choose(page, "tab_txt2img #script_list", "None")
+
+
+def test_probe_of_sd15_and_sdxl_checkpoints_picture(page, webui):
+    webui.use_checkpoint(SD15)
+    shelf = [SD15_B, "uncondlab-tiny-sd15-zero-te", "uncondlab-tiny-sd15-flow", SDXL, "uncondlab-vega-sdxl-b"]
+    emphasis = webui.get("/sdapi/v1/options")["emphasis"]
+    webui.post("/sdapi/v1/options", {"emphasis": "No norm"})  # a text encoder that outputs exactly zero: 0/0
+    try:
+        open_uncond_lab_tab(page, "Probe")
+        fill_number(page, "uncond_lab_probe_size", 128)
+        choose(page, "uncond_lab_probe_checkpoints", *shelf)
+        page.locator("#uncond_lab_probe_run").click()
+        page.wait_for_function(
+            "() => document.querySelector('#uncond_lab_probe_summary').innerText.includes('checkpoints probed')",
+            timeout=600_000)
+    finally:
+        webui.post("/sdapi/v1/options", {"emphasis": emphasis})
+    assert page.locator("#uncond_lab_probe_table tbody tr").count() == len(shelf) + 1
+    assert "loaded again: uncondlab-tiny-sd15-a" in page.locator("#uncond_lab_probe_summary").first.inner_text()
+    readme_picture(page.locator("#tab_uncond_lab_tab"), "probe_checkpoints")
+
+
+def test_merge_sweep_picture(page, webui):
+    webui.use_checkpoint(SD15)
+    open_uncond_lab_tab(page, "Merge sweep")
+    choose(page, "uncond_lab_tab_model_b", SD15_B)
+    text_field(page, "uncond_lab_tab_ratios").fill("0, 0.5, 1")
+    text_field(page, "uncond_lab_tab_cfgs").fill("4, 7")
+    text_field(page, "uncond_lab_tab_unconds").fill("0; 1")
+    text_field(page, "uncond_lab_tab_prompt").fill("a lighthouse at dusk")
+    fill_number(page, "uncond_lab_tab_seed", 1234)
+    fill_number(page, "uncond_lab_tab_steps", 6)
+    fill_number(page, "uncond_lab_tab_width", 64)
+    fill_number(page, "uncond_lab_tab_height", 64)
+    page.locator("#uncond_lab_tab_run").click()
+    page.wait_for_function("() => document.querySelector('#uncond_lab_tab_info').innerText.includes(' cells in ')",
+                           timeout=600_000)
+    page.wait_for_selector("#tab_uncond_lab_tab .progressDiv", state="detached", timeout=60_000)
+    page.locator("#uncond_lab_tab_gallery img").first.click()  # the grid, large
+    readme_picture(page.locator("#tab_uncond_lab_tab"), "merge_sweep")
 
 
 def wait_for(condition, what: str, timeout: float = 300) -> None:
