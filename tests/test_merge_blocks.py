@@ -382,3 +382,33 @@ def test_reforge_patches_per_part_match_the_in_place_merge(models, method):
             assert seen == set(a)
         finally:
             patch_merge.close()
+
+
+def test_cli_blocks_and_saved_metadata(models, tmp_path, capsys):
+    import json
+
+    from safetensors import safe_open
+
+    from lib_ext.merge.cli import main
+    family, paths = models
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main([paths["A"], paths["B"], "--ratio", "0.25", "--blocks", "IN04=1, out=0", "--out-dir", str(out),
+                 "--no-progress"]) == 0
+    path = capsys.readouterr().out.strip()
+    assert "blocks-" in path
+    a, b = live_copy(paths["A"]), live_copy(paths["B"])
+    with safe_open(path, "pt") as file:
+        recipe = json.loads(file.metadata()["uncond_lab_merge_recipe"])
+        assert recipe["blocks"] == "IN04=1, OUT=0" and recipe["unet_ratio"] == 0.25
+        for key in file.keys():
+            slot = reference_slot(key) if key.startswith(UNET) else "BASE"
+            expected = {"IN04": b[key]}.get(slot, a[key] if re.fullmatch(r"OUT\d\d", slot) else None)
+            if expected is None:
+                expected = torch.lerp(a[key].float(), b[key].float(), 0.25).half()
+            assert_bits_equal(file.get_tensor(key), expected, key)
+    wrong = "0.5," * (19 if family == "sd15" else 25) + "0.5"
+    assert main([paths["A"], paths["B"], "--ratio", "0.5", "--blocks", wrong, "--out-dir", str(out)]) == 2
+    assert "values; this model needs" in capsys.readouterr().err
+    assert main([paths["A"], paths["B"], "--ratio", "0.5", "--blocks", "IN04=9", "--out-dir", str(out)]) == 2
+    assert "got '9'" in capsys.readouterr().err

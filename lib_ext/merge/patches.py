@@ -85,6 +85,12 @@ class PatchMerge:
         it has that layout; raises RecipeError naming the value when recipe.blocks does not fit."""
         return recipe.part_ratios(self.plan.layout)
 
+    def parts_of(self, group: str) -> tuple[str, ...]:
+        """The parts of a group that part_ratios() names: the UNet's block slots, or the group itself."""
+        if group == UNET and self.plan.layout is not None:
+            return self.plan.layout.unet_slots
+        return (group,)
+
     def file_patches_by_part(self, group: str, live_dtypes: Mapping[str, torch.dtype],
                              convert: Callable[[dict], dict] = dict) -> dict[str, dict[str, FilePatch]]:
         """{part: {host key: FilePatch}}: file_patches() split by the parts part_ratios() names."""
