@@ -6,7 +6,9 @@ time, for hosts that move modules between devices, e.g. A1111 --medvram); the en
     merge = InPlaceMerge(recipe, targets)          # checks the inputs (headers only)
     with merge:                                    # prepare(): the resident copies, read once
         for ratio in (0.0, 0.5, 1.0):
-            changed = merge.apply(ratio)           # one pass per changed group; {'unet', 'te'} ⊇ changed
+            changed = merge.apply(ratio)           # one pass per changed part; {'unet', 'te'} ⊇ changed
+        merge.apply(0.5, blocks="IN04=1")          # per-block ratios: rewrites IN04 only (parts: the UNet's
+                                                   # block slots, the text encoders, the VAE)
             ...generate...                         # the host drops its text-encoder caches if 'te' in changed
                                                    # exit (also on an exception or Ctrl-C): restore() + free
 

@@ -16,7 +16,8 @@ import pytest
 
 from lib_ext.settings import Settings
 from tests.webui.client import ApiError, b64_png
-from tests.webui.test_merge_e2e import XYZ, Log, merge_pair, pair, pictures, rgb, xyz_args  # noqa: F401 (fixtures)
+from tests.webui.test_merge_e2e import (SWEEP, XYZ, Log, merge_pair, pair, pictures, rgb,  # noqa: F401 (fixtures)
+                                       xyz_args)
 
 UNET = "model.diffusion_model."
 # The block each pair's X/Y/Z test sweeps, and the vector length of its UNet.
@@ -177,8 +178,10 @@ def test_bad_block_weights_are_refused_with_422(merge_pair):
         (p.merge(0.5, merge_blocks="sideways"), "unknown preset 'sideways'"),
         (p.merge(0.5, merge_blocks="IN00=2.5"), "the value of IN00 must be a number in [-1, 2], got '2.5'"),
     ]
-    p.pictures(p.merge(0.5, merge_blocks="IN00=1"))  # a merge held: a refused request must not leave it half-done
+    held = p.pictures(p.merge(0.5, merge_blocks="IN00=1"))
     for settings, fragment in cases:
+        # a block merge held (A1111 keeps it between generations): a refused request must not leave it half-done
+        assert p.pictures(p.merge(0.5, merge_blocks="IN00=1")) == held
         with pytest.raises(ApiError) as error:
             p.txt2img(settings)
         assert error.value.status == 422 and fragment in error.value.body, (settings, error.value.body)
@@ -196,10 +199,6 @@ def test_infotext_records_the_blocks_and_pastes_back(merge_pair):
     assert Settings.from_dict(pasted).merge_request() == Settings.from_dict(settings).merge_request()
     assert p.pictures(Settings.from_dict(pasted).as_dict()) == pictures(generation)
     assert "Merge blocks" not in p.txt2img(p.merge(0.25)).infotexts[0]
-
-
-SWEEP = {"prompt": "a lighthouse at dusk", "negative_prompt": "", "seed": 1234, "steps": 4, "width": 64,
-         "height": 64, "sampler_name": "Euler", "scheduler": "Automatic"}
 
 
 def test_the_tab_sweeps_block_weights_and_the_probe_sweeps_a_block(merge_pair):
