@@ -177,6 +177,11 @@ def test_recipe_refuses_conflicts_and_keeps_the_canonical_text():
     assert "blocks IN04=1, BASE=0" in recipe.describe()
     assert default_merge_name(recipe).startswith("a+b ws0.3 blocks-")
     assert MergeRecipe("weighted_sum", "a", "b", unet_ratio=0.0, blocks="IN04=1").changes_weights()
+    # the VAE follows the UNet's ratio: merge_ratio with assignments, BASE with a full vector (unet_ratio unused)
+    flat = MergeRecipe("weighted_sum", "a", "b", unet_ratio=0.2, include_vae=True, blocks=",".join(["0.5"] * 26))
+    assert flat.group_ratios() == {"unet": 0.2, "te": 0.5, "vae": 0.5}
+    sparse = MergeRecipe("weighted_sum", "a", "b", unet_ratio=0.2, include_vae=True, blocks="BASE=0.5, IN04=1")
+    assert sparse.group_ratios() == {"unet": 0.2, "te": 0.5, "vae": 0.2}
 
 
 # --- the engine -------------------------------------------------------------------------------------------

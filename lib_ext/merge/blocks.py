@@ -16,7 +16,8 @@ layout, and a block-weighted merge of it is refused.
 `merge_blocks` forms (parse_blocks):
     a full vector   supermerger's order BASE, IN00…, M00, OUT00… (26 values for SD1.x/SD2.x, 20 for SDXL), as a
                     JSON list or comma-separated numbers. BASE is the text encoders' ratio; TIME and LABEL take
-                    IN00's value, OUT_FINAL the last OUT's (so a flat vector r is the plain ratio r everywhere).
+                    IN00's value, OUT_FINAL the last OUT's; merge_ratio is unused, and a VAE that follows the
+                    UNet ratio takes BASE (so a flat vector r is the plain ratio r everywhere).
     assignments     `IN00-IN08=1, M00=0.5, OUT=0`: a slot, a range of slots (in the order of the table above),
                     or a group (IN, M, OUT: the numbered blocks of that part; BASE). Later items override earlier
                     ones. UNet slots not named take `merge_ratio`; the text encoders take BASE if named, else

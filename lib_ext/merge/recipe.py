@@ -117,7 +117,12 @@ class MergeRecipe:
         if group == VAE:
             if not self.include_vae:
                 return None
-            return self.unet_ratio if self.vae_ratio is None else self.vae_ratio
+            if self.vae_ratio is not None:
+                return self.vae_ratio
+            vector = self.block_weights.vector if self.blocks is not None else None
+            # The VAE follows the UNet's ratio; a full vector does not use unet_ratio, so it follows its BASE
+            # (then a flat vector r is the plain ratio r everywhere, VAE included).
+            return self.unet_ratio if vector is None else vector[0]
         return None
 
     def group_ratios(self) -> dict[str, float]:
