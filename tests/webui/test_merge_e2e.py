@@ -504,7 +504,7 @@ def gallery_file(entry) -> str:
 def test_the_tab_run_and_save_buttons(merge_pair):
     p = merge_pair
     values = ["Loaded model", p.b_title, "None", "Weighted sum", "0, 1", p.te_choice, "7", "default",
-              "a lighthouse at dusk", "", 1234, 4, 64, 64, "Euler", "Automatic"]
+              "a lighthouse at dusk", "", 1234, 4, 64, 64, "Euler", "Automatic", ""]
     gallery, info = gradio_call(p.webui, "uncond_lab_tab_run", ["task(uncondlab-e2e-run)", *values])
     assert "2 of 2 cells" in info, info
     files = [gallery_file(entry) for entry in gallery]
@@ -517,7 +517,7 @@ def test_the_tab_run_and_save_buttons(merge_pair):
     assert p.pictures() == p.alone[("A", 7.0)]
 
     saved, status = gradio_call(p.webui, "uncond_lab_tab_save",
-                                ["task(uncondlab-e2e-save)", 0.5, "tab save test", *values])
+                                ["task(uncondlab-e2e-save)", 0.5, "tab save test", *values, ""])
     assert "Time taken" in status
     path = re.search(r"Saved (.+?\.safetensors)", saved).group(1)
     try:
