@@ -566,8 +566,9 @@ def test_the_probe_tab_sweeps_the_merge_ratio(merge_pair):
     p = merge_pair
     probe_settings = ["a lighthouse", str(random.randrange(1 << 30)), 4, 7, 128, "prediction"]
     merge = [p.b_title, "Weighted sum", "None", p.te_choice, "0, 1"]
-    summary, levels, sweep_plot, table, files, error = gradio_call(p.webui, "uncond_lab_probe_run",
-                                                                    probe_settings + merge)
+    no_shelf = [[], "Model default", 3.0]  # no checkpoint list; the Prediction and RF shift controls
+    summary, levels, sweep_plot, table, files, error, _bars = gradio_call(p.webui, "uncond_lab_probe_run",
+                                                                          probe_settings + merge + no_shelf)
     assert error == "" and "Score by merge ratio" in summary and "r=0:" in summary and "r=1:" in summary
     assert len(files) == 2 and sweep_plot["visible"] is True
     assert [row[0] for row in table["data"]] == [0, 1]
@@ -579,7 +580,7 @@ def test_the_probe_tab_sweeps_the_merge_ratio(merge_pair):
     assert any(score != float(f"{score:.4g}") for score in scores)
     assert [float(f"{score:.4g}") for score in scores] == [row[1] for row in table["data"]]
     plain = gradio_call(p.webui, "uncond_lab_probe_run", probe_settings + ["None", "Weighted sum", "None", "follow",
-                                                                           "0, 1"])
+                                                                           "0, 1"] + no_shelf)
     assert "**Score " in plain[0] and plain[5] == ""
     assert p.pictures() == p.alone[("A", 7.0)]
 
