@@ -25,6 +25,9 @@ endpoints, which are plain copies):
               after the warm-up, so no disk time is counted), then `module.load_state_dict(merged)`.
   (c') naive from RAM: the same with A and B already in memory, printed for reference: it isolates what the
               arithmetic and the load cost without the reads (about 3 × the switch on a CPU).
+  (d) block   a one-block switch: `apply(0.5, blocks="IN04=r")` with every other block at 0.5, which writes only
+              IN04's tensors; printed with `block_write_fraction=` (bytes written / one model copy) and against
+              the floor for those bytes (the plain lerp loop over IN04's tensors only).
 Memory, after the timings, with a second merge of the same sources prepared from scratch (the process's own
 memory: on the CPU its anonymous resident memory, `RssAnon` in /proc/self/status, sampled every millisecond by a
 thread, so the page cache holding the mapped files does not count; on CUDA the allocator's peak):
@@ -59,8 +62,10 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lib_ext.merge import InPlaceMerge, MergeRecipe  # noqa: E402
+from lib_ext.merge.blocks import unet_slot  # noqa: E402
 
 UNET = "model.diffusion_model."
+BLOCK = "IN04"  # the one-block switch: SDXL's IN04 (a res block and 2 transformer blocks, 1.07 % of the UNet)
 
 
 def sdxl_unet_shapes() -> dict[str, tuple[int, ...]]:
@@ -316,6 +321,22 @@ def main(argv=None) -> None:
                                          "naive": args.naive_reps, "naive_ram": args.naive_reps}, device,
                                   args.budget_s if args.budget_s is not None else (25.0 if args.quick else math.inf))
     switch, floor, copy, naive, naive_ram = (medians[name] for name in runs)
+
+    # (d) a one-block switch (merge_blocks "IN04=r", the rest at 0.5): only that block's tensors are written; its
+    # floor is the same fused lerp over just those tensors
+    block = [key for key in live if unet_slot(key) == BLOCK]
+    merge.apply(0.5)
+
+    def block_floor(r: float) -> None:
+        for key in block:
+            torch.lerp(clean_a[key], model_b[key], r, out=live[key])
+
+    print(f"one-block switch ({BLOCK}, times per round):")
+    block_medians = interleaved_medians({"block": lambda r: merge.apply(0.5, blocks=f"{BLOCK}={r}"),
+                                         "bfloor": block_floor}, {"block": args.reps, "bfloor": args.reps}, device,
+                                        args.budget_s if args.budget_s is not None else (10.0 if args.quick else math.inf))
+    merge.apply(0.5, blocks=f"{BLOCK}=0.45")
+    block_bytes, block_tensors = merge.last_write.bytes, merge.last_write.tensors
     merge.close()
 
     # memory, after the timings (which ran with the allocator's default reuse of freed memory): a second merge
@@ -351,6 +372,11 @@ def main(argv=None) -> None:
     print(f"best rounds: switch/floor={medians['switch_min'] / medians['floor_min']:.2f} "
           f"naive/switch={medians['naive_min'] / medians['switch_min']:.2f} (a machine shared with other jobs makes "
           "rounds vary; the last line uses the medians)")
+    block_switch, block_floor_s = block_medians["block"], block_medians["bfloor"]
+    print(f"one-block switch: {BLOCK} = {block_tensors} of {len(live)} tensors, {block_bytes / 1e6:.1f} MB written: "
+          f"block_write_fraction={block_bytes / model_bytes:.4f}; {block_switch * 1e3:.2f} ms against "
+          f"{block_floor_s * 1e3:.2f} ms for the plain lerp over those bytes: block_switch/floor="
+          f"{block_switch / block_floor_s:.2f}; whole-UNet switch/block switch={switch / block_switch:.1f}")
     print(f"switch/floor={switch / floor:.2f} naive/switch={naive / switch:.2f} "
           f"peak_extra_mb={max(0, peak.peak_extra) / 2 ** 20:.0f} resident_mb={resident_mb:.0f}")
 

@@ -562,30 +562,40 @@ SWEEP_COLUMNS = ("ratio", "score", "mean_x0_rel_diff", "mean_guidance_cosine", "
 
 @dataclass(frozen=True)
 class RatioSweep:
-    """One probe result per merge ratio, in the order asked; an interrupted sweep ends with the interrupted
-    ratio's partial result (the ratios after it are left out)."""
+    """One probe result per merge ratio (or per block-weights setting at one ratio), in the order asked; an
+    interrupted sweep ends with the interrupted row's partial result (the rows after it are left out)."""
     ratios: tuple[float, ...]
     results: tuple[ProbeResult, ...]
+    blocks: tuple[str | None, ...] | None = None  # a sweep of block weights: each row's (None: the plain ratio)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return SWEEP_COLUMNS if self.blocks is None else ("ratio", "merge_blocks", *SWEEP_COLUMNS[1:])
 
     @property
     def interrupted(self) -> bool:
         return any(result.interrupted for result in self.results)
 
     def csv_rows(self) -> list[dict[str, float | int | None]]:
-        """One row per ratio, columns `SWEEP_COLUMNS` (null_pooled_norm is None for SD1/SD2)."""
-        return [{"ratio": ratio, "score": result.score, "mean_x0_rel_diff": result.mean_x0_rel_diff,
+        """One row per ratio, columns `SWEEP_COLUMNS` (null_pooled_norm is None for SD1/SD2); a block sweep has
+        a `merge_blocks` column too."""
+        rows = [{"ratio": ratio, "score": result.score, "mean_x0_rel_diff": result.mean_x0_rel_diff,
                  "mean_guidance_cosine": result.mean_guidance_cosine,
                  "null_token_norm_mean": result.embedding.get("null_token_norm_mean"),
                  "null_pooled_norm": result.embedding.get("null_pooled_norm"), "unet_calls": result.unet_calls}
                 for ratio, result in zip(self.ratios, self.results)]
+        if self.blocks is not None:
+            for row, blocks in zip(rows, self.blocks):
+                row["merge_blocks"] = blocks or ""
+        return rows
 
     def to_csv(self) -> str:
-        return _csv_text(SWEEP_COLUMNS, self.csv_rows())
+        return _csv_text(self.columns, self.csv_rows())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: the per-ratio summary as columns, plus every full result."""
         columns = {name: [_json_float(row[name]) if isinstance(row[name], float) else row[name]
-                          for row in self.csv_rows()] for name in SWEEP_COLUMNS}
+                          for row in self.csv_rows()] for name in self.columns}
         return {"format": RESULT_FORMAT + "/sweep", "columns": columns, "interrupted": self.interrupted,
                 "results": [result.to_dict() for result in self.results]}
 
@@ -598,9 +608,25 @@ def sweep_ratios(ratios: Sequence[float], probe_at: Callable[[float], ProbeResul
                              for r in ratios):
         raise ProbeError(f"Uncond Lab probe: the merge ratios must be a non-empty list of finite numbers, "
                          f"got {list(ratios)}")
+    results = _until_interrupted(probe_at, [float(r) for r in ratios])
+    return RatioSweep(tuple(float(r) for r in ratios[:len(results)]), results)
+
+
+def sweep_blocks(ratio: float, blocks: Sequence[str | None],
+                 probe_at: Callable[[str | None], ProbeResult]) -> RatioSweep:
+    """Probe at each block-weights setting (canonical text, None = the plain ratio) at one merge ratio."""
+    blocks = tuple(blocks)
+    if not blocks:
+        raise ProbeError("Uncond Lab probe: the block-weights list must not be empty")
+    results = _until_interrupted(probe_at, blocks)
+    return RatioSweep((float(ratio),) * len(results), results, blocks[:len(results)])
+
+
+def _until_interrupted(probe_at: Callable, values: Sequence) -> tuple[ProbeResult, ...]:
+    """probe_at(value) for each value, stopping after the first interrupted result (kept, marked)."""
     results: list[ProbeResult] = []
-    for ratio in ratios:
-        results.append(probe_at(float(ratio)))
+    for value in values:
+        results.append(probe_at(value))
         if results[-1].interrupted:
             break
-    return RatioSweep(tuple(float(r) for r in ratios[:len(results)]), tuple(results))
+    return tuple(results)

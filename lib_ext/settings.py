@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
+from lib_ext.merge.blocks import BlocksError, parse_blocks
 from lib_ext.merge.recipe import METHOD_LABELS as MERGE_METHOD_LABELS
 from lib_ext.merge.recipe import RATIO_RANGE as MERGE_RATIO_RANGE
 
@@ -122,6 +123,16 @@ def _merge_te_ratio(name: str, value: Any) -> float | None:
                             f"(= the UNet's ratio), got {value!r}") from None
 
 
+def _merge_blocks(name: str, value: Any) -> str:
+    """Per-block UNet ratios (lib_ext/merge/blocks.py) as their canonical text; "" = none. Whether the value fits
+    the model (a vector's length, a slot it lacks) is checked when the merge is resolved."""
+    try:
+        weights = parse_blocks(value)
+    except BlocksError as error:
+        raise SettingsError(f"Uncond Lab: '{name}': {error}") from None
+    return "" if weights is None else weights.text
+
+
 @dataclass(frozen=True)
 class MergeRequest:
     """What a generation asks to merge into the loaded model (model A), by checkpoint names; see lib_ext.merge."""
@@ -130,6 +141,7 @@ class MergeRequest:
     model_c: str | None
     unet_ratio: float
     te_ratio: float | None  # None: follows unet_ratio
+    blocks: str | None = None  # per-block UNet ratios (canonical text), None: unet_ratio everywhere
 
 
 # Rectified flow: None = the model's default (flow exactly when its safetensors metadata declares a flow
@@ -204,6 +216,7 @@ class Settings:
     merge_model_c: str = _setting("", "Merge model C", _checkpoint_name, feature="merge")
     merge_ratio: float = _setting(0.5, "Merge ratio", _merge_ratio, feature="merge")
     merge_te_ratio: float | None = _setting(None, "Merge TE ratio", _merge_te_ratio, feature="merge")
+    merge_blocks: str = _setting("", "Merge blocks", _merge_blocks, feature="merge")
 
     def __post_init__(self):
         for prefix in ("", "hr_"):
@@ -213,6 +226,10 @@ class Settings:
         if self.merge_model and self.merge_method == "add_difference" and not self.merge_model_c:
             raise SettingsError("Uncond Lab: 'merge_model_c' is needed for merge_method add_difference "
                                 "(A + r·(B − C)); name model C or use weighted_sum")
+        if self.merge_blocks and self.merge_te_ratio is not None and parse_blocks(self.merge_blocks).base is not None:
+            raise SettingsError(f"Uncond Lab: 'merge_blocks' {self.merge_blocks!r:.200} sets the text encoders' "
+                                f"ratio (BASE, a full vector's first value) and 'merge_te_ratio' = "
+                                f"{self.merge_te_ratio:g} does too; give one")
 
     # --- construction ---------------------------------------------------------------------------------
 
@@ -261,7 +278,8 @@ class Settings:
         if not self.merge_model:
             return None
         model_c = self.merge_model_c if self.merge_method == "add_difference" else None
-        return MergeRequest(self.merge_method, self.merge_model, model_c, self.merge_ratio, self.merge_te_ratio)
+        return MergeRequest(self.merge_method, self.merge_model, model_c, self.merge_ratio, self.merge_te_ratio,
+                            self.merge_blocks or None)
 
     # --- infotext -------------------------------------------------------------------------------------
 
@@ -299,6 +317,8 @@ class Settings:
         text[_label("merge_ratio")] = request.unet_ratio
         if request.te_ratio is not None:
             text[_label("merge_te_ratio")] = request.te_ratio
+        if request.blocks is not None:
+            text[_label("merge_blocks")] = request.blocks
         return text
 
     @staticmethod

@@ -5,7 +5,7 @@ import torch
 
 from lib_ext.merge.keys import classify_key
 from lib_ext.merge.recipe import MergeRecipe
-from lib_ext.merge.session import MergeSessions, fingerprint, pending_groups
+from lib_ext.merge.session import MergeSessions, fingerprint
 from merge_fixtures import assert_bits_equal, sd1_checkpoint, write_checkpoint
 
 A, B, C = sd1_checkpoint(0), sd1_checkpoint(1), sd1_checkpoint(2)
@@ -182,11 +182,11 @@ def test_pending_groups_follow_the_engine_rule(paths):
     model = live_model()
     from lib_ext.merge.inplace import InPlaceMerge
     with InPlaceMerge(ws(paths), model) as merge:
-        assert pending_groups(merge, ws(paths, unet_ratio=0.0)) == frozenset()
-        assert pending_groups(merge, ws(paths, unet_ratio=0.0, te_ratio=0.5)) == {"te"}
+        assert merge.pending_groups(ws(paths, unet_ratio=0.0)) == frozenset()
+        assert merge.pending_groups(ws(paths, unet_ratio=0.0, te_ratio=0.5)) == {"te"}
         merge.apply(0.5)
-        assert pending_groups(merge, ws(paths, unet_ratio=0.5)) == frozenset()
-        assert pending_groups(merge, ws(paths, unet_ratio=0.5, te_ratio=0.0)) == {"te"}
+        assert merge.pending_groups(ws(paths, unet_ratio=0.5)) == frozenset()
+        assert merge.pending_groups(ws(paths, unet_ratio=0.5, te_ratio=0.0)) == {"te"}
 
 
 def test_fingerprint_sees_a_changed_value_dtype_or_shape():

@@ -457,6 +457,19 @@ def test_an_interrupted_sweep_ends_with_the_interrupted_ratio():
     assert data["interrupted"] is True and data["columns"]["ratio"] == [0.0, 0.5]
 
 
+def test_block_sweep_has_a_merge_blocks_column():
+    scale = {"IN04=0": 1.0, "IN04=1": 0.0, None: 0.5}  # a stand-in: the block's ratio scales te("")
+    sweep = pr.sweep_blocks(0.5, ["IN04=0", "IN04=1", None],
+                            lambda b: pr.probe(linear_denoiser(), COND, NULL * scale[b], TABLE, pr.ve_noising,
+                                               settings()))
+    assert sweep.to_csv().splitlines()[0] == "ratio,merge_blocks," + ",".join(pr.SWEEP_COLUMNS[1:])
+    data = json.loads(json.dumps(sweep.to_dict(), allow_nan=False))
+    assert data["columns"]["merge_blocks"] == ["IN04=0", "IN04=1", ""]
+    assert data["columns"]["ratio"] == [0.5] * 3 and data["columns"]["score"][1] == 0.0
+    with pytest.raises(ProbeError, match="block-weights list"):
+        pr.sweep_blocks(0.5, [], lambda b: sample_result())
+
+
 def test_sweep_rejects_empty_or_nan_ratios():
     with pytest.raises(ProbeError, match="ratios"):
         pr.sweep_ratios([], lambda r: sample_result())

@@ -1,5 +1,7 @@
 import math
 
+import re
+
 import pytest
 
 from lib_ext.settings import FIELDS, HIRES_MODES, PREDICTIONS, MergeRequest, Settings, SettingsError, UncondSchedule
@@ -208,7 +210,8 @@ def test_merge_fields_are_appended_after_the_rf_fields():
     names = [f.name for f in FIELDS]
     assert names[:8] == ["enabled", "zero_weight", "start", "end", "hr_mode", "hr_zero_weight", "hr_start", "hr_end"]
     assert names[8:] == ["compare", "rf", "shift", "multiplier",
-                         "merge_model", "merge_method", "merge_model_c", "merge_ratio", "merge_te_ratio"]
+                         "merge_model", "merge_method", "merge_model_c", "merge_ratio", "merge_te_ratio",
+                         "merge_blocks"]
 
 
 def test_no_merge_by_default_and_for_none_spellings():
@@ -279,3 +282,23 @@ def test_merge_overrides_from_axes_are_validated():
     assert s.with_overrides({"merge_ratio": 1.0}).merge_request().unet_ratio == 1.0
     with pytest.raises(SettingsError):
         s.with_overrides({"merge_ratio": 3})
+
+
+def test_merge_blocks_setting_infotext_and_errors():
+    s = Settings.from_dict({"merge_model": "b", "merge_ratio": 0.3, "merge_blocks": " in04=1,out=0 "})
+    assert s.merge_blocks == "IN04=1, OUT=0"
+    assert s.merge_request() == MergeRequest("weighted_sum", "b", None, 0.3, None, "IN04=1, OUT=0")
+    text = s.merge_infotext()
+    assert text["Merge blocks"] == "IN04=1, OUT=0"
+    ui = Settings.infotext_to_ui({k: str(v) for k, v in text.items()})
+    assert Settings.from_dict(ui).merge_request() == s.merge_request()
+    assert Settings.from_dict({"merge_blocks": [0.5] * 26}).merge_blocks == ",".join(["0.5"] * 26)
+    assert Settings.from_dict({"merge_model": "b", "merge_blocks": "flat"}).merge_request().blocks is None
+    assert "Merge blocks" not in Settings.from_dict({"merge_model": "b"}).merge_infotext()
+    assert s.with_overrides({"merge_blocks": "IN04=0"}).merge_request().blocks == "IN04=0"
+    for bad, fragment in (("IN04=5", "the value of IN04 must be a number in [-1, 2], got '5'"),
+                          ("SOMETHING=1", "unknown slot 'SOMETHING'"), ("nope", "unknown preset 'nope'")):
+        with pytest.raises(SettingsError, match=re.escape(fragment)):
+            Settings.from_dict({"merge_model": "b", "merge_blocks": bad})
+    with pytest.raises(SettingsError, match="'merge_te_ratio' = 0 does too"):
+        Settings.from_dict({"merge_model": "b", "merge_blocks": "BASE=1, IN04=0", "merge_te_ratio": 0})

@@ -1,4 +1,6 @@
 """Sweep lists in the X/Y/Z plot's syntax, the uncond list, cell order and grid labels; hostile input refused."""
+import re
+
 import pytest
 
 from lib_ext.merge.sweep import (MAX_CELLS, MAX_VALUES, SweepError, SweepPlan, parse_cfgs, parse_ratios, parse_unconds,
@@ -94,3 +96,24 @@ def test_too_many_cells():
         plan_sweep("0-1 [64]", "1-8", "")
     with pytest.raises(SweepError, match="at least one"):
         SweepPlan((), (7.0,), (None,))
+
+
+def test_block_weights_list_is_one_more_row_dimension():
+    plan = plan_sweep("0.5, 1", "7", "default", '"IN04=0", "in04=1", input-only, flat')
+    assert plan.blocks == ("IN04=0", "IN04=1", "input-only", None)
+    assert plan.cell_count == 8
+    cells = plan.cells()
+    assert [(c.ratio, c.blocks) for c in cells[:4]] == [(0.5, "IN04=0"), (0.5, "IN04=1"), (0.5, "input-only"),
+                                                         (0.5, None)]  # ratio outermost, then blocks
+    assert plan.row_labels()[1] == "Merge ratio 0.5, blocks IN04=1"
+    assert plan_sweep("0.5", "7", "default").blocks == (None,)
+    assert plan_sweep("0.5", "7", "default", '"IN00-IN03=1, OUT=0"').blocks == ("IN00-IN03=1, OUT=0",)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ('"IN04=7"', "the value of IN04 must be a number in [-1, 2], got '7'"),
+    ("IN04=0, nonsense", "unknown preset 'nonsense'"),
+])
+def test_bad_block_weights_lists(text, fragment):
+    with pytest.raises(SweepError, match=re.escape(fragment)):
+        plan_sweep("0.5", "7", "default", text)

@@ -256,6 +256,8 @@ def merge_status() -> dict:
     session = MERGE_SESSIONS.current
     if session is None:
         return {"applied": {}, "resident_bytes": 0}
-    return {"applied": session.merge.applied, "resident_bytes": session.merge.resident_bytes(),
+    return {"applied": session.merge.applied, "applied_parts": session.merge.applied_parts,
+            "last_write": {"tensors": session.merge.last_write.tensors, "bytes": session.merge.last_write.bytes},
+            "resident_bytes": session.merge.resident_bytes(),
             "placement": session.merge.placement_used,
             "recipe": session.merge.recipe.to_dict()}

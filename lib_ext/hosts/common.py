@@ -175,8 +175,8 @@ def end_run(p) -> None:
 
 MERGE_ATTR = "uncond_lab_merge"  # the ResolvedMerge of the generation that `p` is (None: no merge)
 MERGE_INFOTEXT_KEYS = ("Merge model A", "Merge model B", "Merge method", "Merge model C", "Merge ratio",
-                       "Merge TE ratio")
-MERGE_AXIS_SETTINGS = frozenset({"merge_model", "merge_ratio", "merge_te_ratio"})  # what the merge axes override
+                       "Merge TE ratio", "Merge blocks")
+MERGE_AXIS_SETTINGS = frozenset({"merge_model", "merge_ratio", "merge_te_ratio", "merge_blocks"})  # axes override
 
 
 class MergeRequestError(ValueError):
@@ -244,7 +244,7 @@ def resolve_merge(request: MergeRequest, sd_model) -> ResolvedMerge:
                                                          if path.lower().endswith(".safetensors"))
     recipe = MergeRecipe(request.method, info_a.filename, info_b.filename,
                          info_c.filename if info_c else None, unet_ratio=request.unet_ratio,
-                         te_ratio=request.te_ratio, include_vae=include_vae)
+                         te_ratio=request.te_ratio, include_vae=include_vae, blocks=request.blocks)
     key = (id(sd_model), info_a.filename, recipe.method, recipe.model_b, recipe.model_c, include_vae)
     titles = {"A": checkpoint_title(info_a), "B": checkpoint_title(info_b)}
     if info_c is not None:
@@ -325,7 +325,7 @@ def merge_identity(resolved: ResolvedMerge | None) -> str | None:
         return None
     recipe = resolved.recipe
     return json.dumps({"models": resolved.titles, "method": recipe.method, "ratios": recipe.group_ratios(),
-                       "vae": recipe.include_vae}, sort_keys=True)
+                       "vae": recipe.include_vae, "blocks": recipe.blocks}, sort_keys=True)
 
 
 def merge_model_loaded(sd_model) -> None:
@@ -573,7 +573,8 @@ def uncond_axes(xyz) -> list:
 
 # Costs: the X/Y/Z plot runs its costliest axis outermost ("Checkpoint name" is 1.0, "VAE" 0.7). A partner
 # change reads a checkpoint, a ratio change is one pass over the weights: so partner, then ratio, outermost.
-MERGE_PARTNER_COST, MERGE_RATIO_COST, MERGE_TE_RATIO_COST = 0.95, 0.9, 0.85
+# A block change rewrites the blocks it names (often one): cheaper than a ratio change.
+MERGE_PARTNER_COST, MERGE_RATIO_COST, MERGE_BLOCKS_COST, MERGE_TE_RATIO_COST = 0.95, 0.9, 0.87, 0.85
 
 
 def merge_ratio_axis(xyz, label: str, setting: str, cost: float):
@@ -607,11 +608,34 @@ def merge_partner_axis(xyz):
                           choices=lambda: ["None", *sd_models.checkpoint_tiles()])
 
 
+def merge_blocks_axis(xyz):
+    """Values: presets or assignment strings, quoted where they contain commas ("IN04=0", "IN04=1" sweeps one
+    block; the plot splits its text as CSV); "flat" or "none" = the plain ratio."""
+    label = "[Uncond Lab] Merge blocks"
+
+    def apply(p, value, values):
+        add_overrides(p, merge_blocks=value)
+
+    def confirm(p, values):
+        for value in values:
+            try:
+                Settings.from_dict({"merge_blocks": value})
+            except SettingsError as error:
+                raise RuntimeError(f"Uncond Lab: {label} value {value!r:.200}: {error}") from None
+
+    def format_value(p, option, value):
+        return f"Merge blocks: {value}"
+
+    # No `choices`: a dropdown would hold the presets only, and assignments are the point (presets: README).
+    return xyz.AxisOption(label, str, apply, format_value=format_value, confirm=confirm, cost=MERGE_BLOCKS_COST)
+
+
 def merge_axes(xyz) -> list:
     return [
         merge_ratio_axis(xyz, "[Uncond Lab] Merge ratio", "merge_ratio", MERGE_RATIO_COST),
         merge_ratio_axis(xyz, "[Uncond Lab] Merge TE ratio", "merge_te_ratio", MERGE_TE_RATIO_COST),
         merge_partner_axis(xyz),
+        merge_blocks_axis(xyz),
     ]
 
 

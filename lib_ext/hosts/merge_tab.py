@@ -59,6 +59,7 @@ class SweepRequest:
     scheduler: str = "Automatic"
     save: bool = True                 # the grid into the grid folder, the cells into the samples folder
     send_images: bool = True          # API: return the pictures (base64 PNG)
+    blocks: str = ""                  # block-weights list ("IN04=0", "IN04=1"; "" = the plain ratio)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "SweepRequest":
@@ -96,10 +97,10 @@ class SweepResult:
     seconds: float = 0.0
 
 
-def _merge_settings(request: SweepRequest, ratio: float) -> dict:
+def _merge_settings(request: SweepRequest, ratio: float, blocks: str | None = None) -> dict:
     """The merge part of Uncond Lab's settings for one cell, validated like an API call."""
     values = {"merge_model": request.model_b, "merge_method": request.method, "merge_model_c": request.model_c,
-              "merge_ratio": ratio, "merge_te_ratio": request.te_ratio}
+              "merge_ratio": ratio, "merge_te_ratio": request.te_ratio, "merge_blocks": blocks or ""}
     try:
         return {k: v for k, v in Settings.from_dict(values).as_dict().items() if k.startswith("merge_")}
     except SettingsError as error:
@@ -127,7 +128,7 @@ def _script_args(settings: dict) -> tuple:
 
 def _cell_processing(request: SweepRequest, cell, model_a_title: str | None, base_args: tuple):
     settings = {"enabled": cell.uncond is not None, "zero_weight": cell.uncond or 0.0,
-                **_merge_settings(request, cell.ratio)}
+                **_merge_settings(request, cell.ratio, cell.blocks)}
     ours = next(s for s in scripts.scripts_txt2img.alwayson_scripts if s.title() == SCRIPT_TITLE)
     args = list(base_args)
     args[ours.args_from] = settings
@@ -156,11 +157,11 @@ def _blank(width: int, height: int):
 
 def run_sweep(request: SweepRequest) -> SweepResult:
     """Run every cell (the caller holds the WebUI's queue lock and has begun a job on shared.state)."""
-    plan = plan_sweep(request.ratios, request.cfgs, request.unconds)
+    plan = plan_sweep(request.ratios, request.cfgs, request.unconds, request.blocks)
     if not request.model_b:
         raise SweepRequestError("Uncond Lab: pick a merge partner B")
-    for ratio in plan.ratios:
-        _merge_settings(request, ratio)  # every cell valid before the first picture
+    for ratio, blocks in plan.rows:
+        _merge_settings(request, ratio, blocks)  # every cell valid before the first picture
     common.find_checkpoint(request.model_b, "model B")
     if request.model_c and parse_method(request.method) == "add_difference":
         common.find_checkpoint(request.model_c, "model C")
@@ -181,13 +182,15 @@ def run_sweep(request: SweepRequest) -> SweepResult:
                 break
             uncond = uncond_label(cell.uncond)
             state.job = f"Uncond Lab sweep: cell {number} of {plan.cell_count}"
-            state.textinfo = (f"Cell {number}/{plan.cell_count}: merge ratio {cell.ratio:g}, CFG {cell.cfg:g}, "
-                              f"{uncond}")
+            blocks = "" if cell.blocks is None else f", blocks {cell.blocks}"
+            state.textinfo = (f"Cell {number}/{plan.cell_count}: merge ratio {cell.ratio:g}{blocks}, "
+                              f"CFG {cell.cfg:g}, {uncond}")
             p = _cell_processing(request, cell, model_a, base_args)
             try:
                 processed = processing.process_images(p)
             except Exception as error:  # reported, not hidden; the other cells still run
-                result.errors.append(f"cell {number} (ratio {cell.ratio:g}, CFG {cell.cfg:g}, {uncond}): {error}")
+                result.errors.append(f"cell {number} (ratio {cell.ratio:g}{blocks}, CFG {cell.cfg:g}, {uncond}): "
+                                     f"{error}")
                 processed = None
             finally:
                 p.close()
@@ -205,12 +208,13 @@ def run_sweep(request: SweepRequest) -> SweepResult:
         return result
     size = next(iter(pictures.values())).size
     cells = [pictures.get((r, c)) or _blank(*size)
-             for r in range(len(plan.ratios)) for c in range(len(plan.columns))]
-    grid = images.image_grid(cells, rows=len(plan.ratios))
+             for r in range(len(plan.rows)) for c in range(len(plan.columns))]
+    grid = images.image_grid(cells, rows=len(plan.rows))
     columns = [[images.GridAnnotation(line) for line in lines] for lines in plan.column_labels()]
     rows = [[images.GridAnnotation(label)] for label in plan.row_labels()]
     result.grid = images.draw_grid_annotations(grid, size[0], size[1], columns, rows)
-    sweep_note = (f"Uncond Lab sweep: merge ratios {', '.join(f'{r:g}' for r in plan.ratios)}; CFG "
+    blocks_note = "" if plan.blocks == (None,) else f"; block weights {'; '.join(b or 'flat' for b in plan.blocks)}"
+    sweep_note = (f"Uncond Lab sweep: merge ratios {', '.join(f'{r:g}' for r in plan.ratios)}{blocks_note}; CFG "
                   f"{', '.join(f'{c:g}' for c in plan.cfgs)}; {', '.join(uncond_label(u) for u in plan.unconds)}")
     result.grid_infotext = (result.infotexts[0] + ", " if result.infotexts else "") + sweep_note
     if request.save:
@@ -227,10 +231,11 @@ def checkpoints_folder() -> str:
     return shared.cmd_opts.ckpt_dir or sd_models.model_path
 
 
-def save_this_merge(request: SweepRequest, ratio: float, name: str = "") -> dict:
-    """Write the merge at `ratio` into the checkpoints folder (never over a file) and list it, no restart.
-    Saved in the loaded model's dtype, so that loading it gives the picture the in-memory merge gives."""
-    merge = _merge_settings(request, ratio)
+def save_this_merge(request: SweepRequest, ratio: float, name: str = "", blocks: str | None = None) -> dict:
+    """Write the merge at `ratio` (and per-block `blocks`) into the checkpoints folder (never over a file) and list
+    it, no restart. Saved in the loaded model's dtype, so that loading it gives the picture the in-memory merge
+    gives."""
+    merge = _merge_settings(request, ratio, blocks)
     if not merge["merge_model"]:
         raise SweepRequestError("Uncond Lab: pick a merge partner B")
     info_a = (common.find_checkpoint(request.model_a, "model A")
@@ -245,7 +250,8 @@ def save_this_merge(request: SweepRequest, ratio: float, name: str = "") -> dict
         include_vae = include_vae and sd_vae.loaded_vae_file is None  # as the in-memory merge did
     recipe = MergeRecipe(merge["merge_method"], info_a.filename, infos["B"].filename,
                          infos["C"].filename if "C" in infos else None, unet_ratio=merge["merge_ratio"],
-                         te_ratio=merge["merge_te_ratio"], include_vae=include_vae)
+                         te_ratio=merge["merge_te_ratio"], include_vae=include_vae,
+                         blocks=merge["merge_blocks"] or None)
     state = shared.state
 
     def progress(done: int, total: int) -> None:
@@ -300,13 +306,13 @@ def _schedulers() -> list[str]:
 
 
 def _ui_request(model_a, model_b, model_c, method, ratios, te_ratio, cfgs, unconds, prompt, negative_prompt, seed,
-                steps, width, height, sampler_name, scheduler) -> SweepRequest:
+                steps, width, height, sampler_name, scheduler, blocks="") -> SweepRequest:
     none = ("", "None", None)
     return SweepRequest(model_a="" if model_a in (LOADED_MODEL, *none) else model_a,
                         model_b="" if model_b in none else model_b, model_c="" if model_c in none else model_c,
                         method=method, ratios=ratios, te_ratio=te_ratio, cfgs=cfgs, unconds=unconds, prompt=prompt,
                         negative_prompt=negative_prompt, seed=int(seed), steps=int(steps), width=int(width),
-                        height=int(height), sampler_name=sampler_name, scheduler=scheduler)
+                        height=int(height), sampler_name=sampler_name, scheduler=scheduler, blocks=blocks or "")
 
 
 def _run_from_ui(id_task, *values):
@@ -323,9 +329,11 @@ def _run_from_ui(id_task, *values):
 
 def _save_from_ui(id_task, save_ratio, name, *values) -> tuple[str, str]:
     """(what was saved, ""): the WebUI's call wrapper writes its timing, or an unexpected error, into the last
-    output, and needs two (it returns a tuple, which gradio would hand whole to a single output)."""
+    output, and needs two (it returns a tuple, which gradio would hand whole to a single output).
+    values: the sweep's controls, then the block weights to save."""
+    *values, save_blocks = values
     try:
-        saved = save_this_merge(_ui_request(*values), float(save_ratio), name)
+        saved = save_this_merge(_ui_request(*values), float(save_ratio), name, save_blocks or None)
     except (SweepError, SweepRequestError, common.MergeRequestError, ValueError, OSError) as error:
         return f"<p class='uncond-lab-error'>{html.escape(str(error))}</p>", ""
     return (f"<p>Saved {html.escape(saved['path'])}; it is in the checkpoint list as "
@@ -352,6 +360,8 @@ def build_sweep_tab() -> None:
                                     elem_id=f"{ELEM}_ratios")
                 te_ratio = gr.Dropdown(["follow", "0", "0.5", "1"], value="follow", allow_custom_value=True,
                                        label="Text-encoder ratio", elem_id=f"{ELEM}_te_ratio")
+            blocks = gr.Textbox("", label='Block weights (one row each; X/Y/Z quoting: "IN04=0", "IN04=1", '
+                                'input-only; empty: the plain ratio)', elem_id=f"{ELEM}_blocks")
             with gr.Row():
                 cfgs = gr.Textbox("7", label="CFG scales", elem_id=f"{ELEM}_cfgs")
                 unconds = gr.Textbox("default", label="Uncond (default; null; zero; zero weights 0-1)",
@@ -376,6 +386,8 @@ def build_sweep_tab() -> None:
             with gr.Accordion("Save this merge", open=False):
                 with gr.Row():
                     save_ratio = gr.Number(0.5, label="Ratio to save", elem_id=f"{ELEM}_save_ratio")
+                    save_blocks = gr.Textbox("", label="Block weights to save (empty: none)",
+                                             elem_id=f"{ELEM}_save_blocks")
                     save_name = gr.Textbox("", label="File name (empty: from the recipe)",
                                            elem_id=f"{ELEM}_save_name")
                     save = gr.Button("Save this merge", elem_id=f"{ELEM}_save")
@@ -385,12 +397,12 @@ def build_sweep_tab() -> None:
             gallery = gr.Gallery(label="Sweep", elem_id=f"{ELEM}_gallery", columns=4)
             info = gr.HTML(elem_id=f"{ELEM}_info")
     values = [model_a, model_b, model_c, method, ratios, te_ratio, cfgs, unconds, prompt, negative, seed, steps,
-              width, height, sampler, scheduler]
+              width, height, sampler, scheduler, blocks]
     # extra_outputs: what the wrapper shows in every output but the last one (its error message) on an exception.
     run.click(call_queue.wrap_gradio_gpu_call(_run_from_ui, extra_outputs=[None]),
               _js="uncondLabSweepSubmit", inputs=[id_task, *values], outputs=[gallery, info])
     save.click(call_queue.wrap_gradio_gpu_call(_save_from_ui, extra_outputs=[""]),
-               _js="uncondLabSweepSubmit", inputs=[id_task, save_ratio, save_name, *values],
+               _js="uncondLabSweepSubmit", inputs=[id_task, save_ratio, save_name, *values, save_blocks],
                outputs=[saved, save_status])
     interrupt.click(lambda: shared.state.interrupt(), inputs=[], outputs=[])
     skip.click(lambda: shared.state.skip(), inputs=[], outputs=[])
@@ -437,15 +449,17 @@ def register_api(app) -> None:
         }
 
     def save_route(payload: dict = Body(...)):
-        """'Save this merge': {"model_b": ..., "ratio": 0.5, "name": "...", ...} → the file's path and title."""
+        """'Save this merge': {"model_b": ..., "ratio": 0.5, "save_blocks": "IN04=1", "name": "...", ...} → the
+        file's path and title."""
         try:
             values = dict(payload)
             ratio, name = values.pop("ratio", 0.5), values.pop("name", "")
+            save_blocks = values.pop("save_blocks", None)
             if not isinstance(name, str):
                 raise SweepRequestError(f"Uncond Lab: 'name' must be text, got {name!r}")
             request = SweepRequest.from_dict(values)
             with webui_job("uncond_lab_save"):
-                return save_this_merge(request, ratio, name)
+                return save_this_merge(request, ratio, name, save_blocks)
         except (SweepError, SweepRequestError, common.MergeRequestError, ValueError, OSError) as error:
             raise _http_error(error) from None
 
@@ -457,10 +471,14 @@ def register_api(app) -> None:
         return {"released_bytes": held}
 
     def status_route():
-        """What the weights hold now: {group: ratio} (null: the originals, "dirty": a pass was cut short)."""
+        """What the weights hold now: {group: ratio} (null: the originals, "dirty": a pass was cut short, "per
+        block": UNet blocks at different ratios), and A1111's {part: ratio} per UNet block slot (applied_parts)."""
         status = host.merge_status()
-        applied = {k: ("dirty" if v != v else v) for k, v in status.get("applied", {}).items()}  # NaN: not JSON
-        return {**status, "applied": applied}
+        parts = {k: ("dirty" if v != v else v) for k, v in status.get("applied_parts", {}).items()}  # NaN: not JSON
+        dirty = "dirty" in parts.values() or not parts
+        applied = {k: (("dirty" if dirty else "per block") if v != v else v)
+                   for k, v in status.get("applied", {}).items()}
+        return {**status, "applied": applied, **({"applied_parts": parts} if parts else {})}
 
     app.add_api_route("/uncond-lab/v1/merge-sweep", sweep_route, methods=["POST"])
     app.add_api_route("/uncond-lab/v1/save-merge", save_route, methods=["POST"])

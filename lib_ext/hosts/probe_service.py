@@ -14,7 +14,7 @@ from lib_ext.hosts import common, host
 from lib_ext.hosts.webui_state import webui_job
 from lib_ext.merge.sweep import SweepError, parse_ratios
 from lib_ext.probe import (ProbeCache, ProbeError, ProbeKey, ProbeResult, ProbeSettings, RatioSweep, probe,
-                           sweep_ratios)
+                           sweep_blocks, sweep_ratios)
 from lib_ext.settings import MergeRequest, Settings, SettingsError
 
 log = logging.getLogger("uncond_lab")
@@ -50,20 +50,26 @@ class ProbeService:
                 common.release_merge()
 
     def sweep(self, settings: ProbeSettings, merge: MergeRequest, ratios: Sequence[float],
-              on_ratio: Callable[[int, int], None] | None = None) -> tuple[RatioSweep, list[bool]]:
-        """The probe at each merge ratio (the text encoders follow unless `merge` fixes their ratio); the merge's
-        copies are read once for all ratios, the weights restored at the end."""
+              on_ratio: Callable[[int, int], None] | None = None,
+              blocks: Sequence[str | None] | None = None) -> tuple[RatioSweep, list[bool]]:
+        """The probe at each merge ratio (the text encoders follow unless `merge` fixes their ratio), or with
+        `blocks` at each block-weights setting at merge's ratio; the merge's inputs are prepared once for all
+        cells (a block change rewrites only that block), the weights restored at the end."""
         cached: list[bool] = []
+        count = len(ratios) if blocks is None else len(blocks)
 
-        def probe_at(ratio: float) -> ProbeResult:
+        def probe_with(request: MergeRequest) -> ProbeResult:
             if on_ratio is not None:
-                on_ratio(len(cached), len(ratios))
-            result, hit = self._run(settings, dataclasses.replace(merge, unet_ratio=ratio), None)
+                on_ratio(len(cached), count)
+            result, hit = self._run(settings, request, None)
             cached.append(hit)
             return result
 
         try:
-            return sweep_ratios(ratios, probe_at), cached
+            if blocks is not None:
+                return sweep_blocks(merge.unet_ratio, blocks,
+                                    lambda b: probe_with(dataclasses.replace(merge, blocks=b))), cached
+            return sweep_ratios(ratios, lambda r: probe_with(dataclasses.replace(merge, unet_ratio=r))), cached
         finally:
             common.release_merge()
 
@@ -151,17 +157,41 @@ def result_json(result: ProbeResult, cached: bool, merge: MergeRequest | None = 
 
 
 def sweep_json(sweep: RatioSweep, cached: Sequence[bool], merge: MergeRequest) -> dict[str, Any]:
-    """A ratio sweep: `columns` holds the score (and more) per ratio, `results` every full probe."""
-    return {"model": _model_json(), "merge": {**merge_json(merge), "merge_ratio": list(sweep.ratios)},
-            "cached": list(cached), **sweep.to_dict()}
+    """A ratio sweep: `columns` holds the score (and more) per ratio, `results` every full probe (a block sweep:
+    per block-weights setting, `merge_blocks` lists them)."""
+    swept = {"merge_ratio": list(sweep.ratios)} if sweep.blocks is None else {
+        "merge_ratio": merge.unet_ratio, "merge_blocks": [b or "" for b in sweep.blocks]}
+    return {"model": _model_json(), "merge": {**merge_json(merge), **swept}, "cached": list(cached),
+            **sweep.to_dict()}
 
 
 def merge_json(merge: MergeRequest) -> dict[str, Any]:
     return {"merge_model": merge.model_b, "merge_method": merge.method, "merge_model_c": merge.model_c,
-            "merge_ratio": merge.unet_ratio, "merge_te_ratio": merge.te_ratio}
+            "merge_ratio": merge.unet_ratio, "merge_te_ratio": merge.te_ratio, "merge_blocks": merge.blocks or ""}
 
 
-MERGE_KEYS = ("merge_model", "merge_method", "merge_model_c", "merge_ratio", "merge_te_ratio")
+MERGE_KEYS = ("merge_model", "merge_method", "merge_model_c", "merge_ratio", "merge_te_ratio", "merge_blocks")
+
+
+def merge_sweep_request(values: Any) -> tuple[MergeRequest | None, list[float] | None, list[str | None] | None]:
+    """merge_request(), where `merge_blocks` may also be a list of block-weights settings (text; a list of numbers
+    is one supermerger vector) for a sweep of them at one merge ratio. (request, ratios or None, blocks or None)."""
+    if isinstance(values, Mapping) and isinstance(values.get("merge_blocks"), list) and \
+            any(isinstance(v, str) or v is None for v in values["merge_blocks"]):
+        settings = dict(values)
+        items = settings.pop("merge_blocks")
+        try:
+            blocks = [Settings.from_dict({"merge_blocks": item}).merge_blocks or None for item in items]
+        except SettingsError as error:
+            raise ProbeError(str(error)) from None
+        if not blocks:
+            raise ProbeError("Uncond Lab probe: 'merge_blocks' as a list must name at least one setting")
+        request, ratios = merge_request({**settings, "merge_blocks": blocks[0] or ""})
+        if ratios is not None and len(ratios) > 1:
+            raise ProbeError("Uncond Lab probe: sweep either 'merge_ratio' or 'merge_blocks', not both")
+        return request, None, blocks
+    request, ratios = merge_request(values)
+    return request, ratios, None
 
 
 def merge_request(values: Any) -> tuple[MergeRequest | None, list[float] | None]:
@@ -199,7 +229,7 @@ def register_api(app, service: ProbeService, checkpoints=None) -> None:
         try:
             values = dict(body)
             names = values.pop("checkpoints", None)
-            merge, ratios = merge_request(values.pop("merge", None))
+            merge, ratios, blocks = merge_sweep_request(values.pop("merge", None))
             settings = ProbeSettings.from_dict(values)
             shelf = None if names is None else checkpoints.resolve(names)
             if shelf is not None and merge is not None:
@@ -212,8 +242,8 @@ def register_api(app, service: ProbeService, checkpoints=None) -> None:
                 if shelf is not None:
                     rows, memory = checkpoints.run(settings, shelf)
                     return {"model": _model_json(), **rows.to_dict(), "memory": memory}
-                if ratios is not None:
-                    sweep, cached = service.sweep(settings, merge, ratios)
+                if ratios is not None or blocks is not None:
+                    sweep, cached = service.sweep(settings, merge, ratios, blocks=blocks)
                     return sweep_json(sweep, cached, merge)
                 result, cached = service.run(settings, merge)
         except ProbeError as error:

@@ -273,9 +273,10 @@ def _restoring_model_sampling(run):
 # a LoRA's patches stack on top of ours. What is kept between generations is one _PatchSession: the inputs,
 # memory-mapped, and a weight adapter per merged weight that computes the merge when reForge patches it (nothing
 # is read before, nothing resident after), dropped when a generation asks for no merge or the model changes.
-# Each patched clone gets a patches_uuid that depends only on (the base patcher's patches, the ratio): when the
-# next X/Y/Z cell asks for the same ratio, reForge sees the weights already patched and does nothing, so a sweep
-# costs one weight update per distinct ratio.
+# Each patched clone gets a patches_uuid that depends only on (the base patcher's patches, the ratios): when the
+# next X/Y/Z cell asks for the same ratios, reForge sees the weights already patched and does nothing, so a sweep
+# costs one weight update per distinct ratio. A per-block merge adds each UNet block's patches with that block's
+# ratio as their strength (no patch where it is 0); reForge re-patches the UNet when any block's ratio changed.
 
 UNET_PREFIX, UNET_PATCH_PREFIX, VAE_PREFIX = "model.diffusion_model.", "diffusion_model.", "first_stage_model."
 CLONE_MARK = "uncond_lab_merge_clone"
@@ -312,14 +313,16 @@ class _PatchSession:
         _log(f"Uncond Lab: merge prepared in {time.perf_counter() - start:.2f} s (groups "
              f"{', '.join(self.merge.groups)}; read from the memory-mapped files when reForge patches the weights)")
 
-    def adapters(self, group: str, patcher) -> dict:
-        """{reForge key: adapter} for a part, made once: its keys are reForge's own (its conversion for the text
-        encoders: OpenCLIP's fused in_proj becomes q/k/v slices, SDXL's text_projection is transposed), each
-        weight merged in its own live dtype."""
+    def adapters(self, group: str, patcher) -> dict[str, dict]:
+        """{merge part: {reForge key: adapter}} for a group, made once (the UNet's parts are its block slots):
+        its keys are reForge's own (its conversion for the text encoders: OpenCLIP's fused in_proj becomes q/k/v
+        slices, SDXL's text_projection is transposed), each weight merged in its own live dtype."""
         if group not in self._adapters:
             live = {key: tensor.dtype for key, tensor in patcher.model.state_dict().items()}
-            patches = self.merge.file_patches(group, live, self._conversion(group))
-            self._adapters[group] = with_wrapped_aliases({k: _MergeAdapter(p) for k, p in patches.items()}, live)
+            parts = self.merge.file_patches_by_part(group, live, self._conversion(group))
+            self._adapters[group] = {part: with_wrapped_aliases({k: _MergeAdapter(p) for k, p in patches.items()},
+                                                                live)
+                                     for part, patches in parts.items()}
         return self._adapters[group]
 
     def _conversion(self, group: str):
@@ -329,8 +332,8 @@ class _PatchSession:
             return lambda tensors: {k[len(VAE_PREFIX):]: t for k, t in tensors.items()}
         return lambda tensors: self.model_config.process_clip_state_dict(dict(tensors))
 
-    def patch_set_id(self, base_uuid, group: str, ratio: float) -> uuid.UUID:
-        key = (base_uuid, group, ratio)
+    def patch_set_id(self, base_uuid, group: str, ratios: tuple) -> uuid.UUID:
+        key = (base_uuid, group, ratios)
         if key not in self._uuids:
             self._uuids[key] = uuid.uuid4()
             PATCHES.our_uuids.add(self._uuids[key])
@@ -349,10 +352,11 @@ class _PatchState:
 PATCHES = _PatchState()  # module-level: the session outlives a generation (a sweep reuses it)
 
 
-def _patched_clone(session: _PatchSession, base, group: str, ratio: float):
-    """A clone of `base` (UnetPatcher, CLIP or VAE) with the merge's patches first in each key's list; None when
-    the ratio needs no patch (0: model A)."""
-    if ratio == 0.0:
+def _patched_clone(session: _PatchSession, base, group: str, ratios: dict):
+    """A clone of `base` (UnetPatcher, CLIP or VAE) with the merge's patches first in each key's list, each part's
+    with its ratio as the strength ({part: ratio}: the UNet's block slots, or the group); None when no ratio needs
+    a patch (0: model A)."""
+    if all(ratio == 0.0 for ratio in ratios.values()):
         return None
     session.merge.check_unchanged()
     clone = base.clone()
@@ -361,16 +365,20 @@ def _patched_clone(session: _PatchSession, base, group: str, ratio: float):
             if not hasattr(clone, name):
                 setattr(clone, name, value)
     patcher = getattr(clone, "patcher", clone)
-    entries = session.adapters(group, patcher)
-    accepted = patcher.add_patches(entries, strength_patch=ratio, strength_model=1.0)
-    if group == "unet" and len(accepted) != len(entries):
-        missing = sorted(set(entries) - set(accepted))[:3]
-        raise MergeTargetError(f"reForge's UNet has no weight for {len(entries) - len(accepted)} merged keys, "
-                               f"e.g. {missing}")
-    for key in accepted:  # ours first, so that a LoRA's patches apply on top of the merge
-        patches = patcher.patches[key]
-        patches.insert(0, patches.pop())
-    patcher.patches_uuid = session.patch_set_id(getattr(base, "patcher", base).patches_uuid, group, ratio)
+    for part, entries in session.adapters(group, patcher).items():
+        ratio = ratios[part]
+        if ratio == 0.0:
+            continue
+        accepted = patcher.add_patches(entries, strength_patch=ratio, strength_model=1.0)
+        if group == "unet" and len(accepted) != len(entries):
+            missing = sorted(set(entries) - set(accepted))[:3]
+            raise MergeTargetError(f"reForge's UNet has no weight for {len(entries) - len(accepted)} merged keys, "
+                                   f"e.g. {missing}")
+        for key in accepted:  # ours first, so that a LoRA's patches apply on top of the merge
+            patches = patcher.patches[key]
+            patches.insert(0, patches.pop())
+    patcher.patches_uuid = session.patch_set_id(getattr(base, "patcher", base).patches_uuid, group,
+                                                tuple(sorted(ratios.items())))
     setattr(clone, CLONE_MARK, True)
     return clone
 
@@ -394,7 +402,7 @@ def _assign(p, names: tuple[str, ...], resolved=None) -> None:
     resolved = resolved or getattr(p, "uncond_lab_merge", None)
     session = PATCHES.session
     active = resolved is not None and session is not None and session.key == resolved.key
-    ratios = resolved.recipe.group_ratios() if active else {}
+    ratios = session.merge.part_ratios(resolved.recipe) if active else {}
     objects = p.sd_model.forge_objects
     notes = getattr(p, NOTES_ATTR, None)
     for name in names:
@@ -403,7 +411,7 @@ def _assign(p, names: tuple[str, ...], resolved=None) -> None:
             continue
         group = GROUP_OF_PART[name]
         if active and group in session.merge.groups and not getattr(part, CLONE_MARK, False):
-            clone = _patched_clone(session, part, group, ratios[group])
+            clone = _patched_clone(session, part, group, _parts_of(session, group, ratios))
             if clone is not None:
                 setattr(objects, name, clone)
                 part = clone
@@ -412,9 +420,15 @@ def _assign(p, names: tuple[str, ...], resolved=None) -> None:
         if notes is None or loaded == patcher.patches_uuid:
             continue
         if getattr(part, CLONE_MARK, False):
-            notes.setdefault("applied", {})[name] = ratios[group]
+            values = set(_parts_of(session, group, ratios).values())
+            notes.setdefault("applied", {})[name] = values.pop() if len(values) == 1 else "per block"
         elif loaded in PATCHES.our_uuids:
             notes.setdefault("restored", {})[name] = None
+
+
+def _parts_of(session: _PatchSession, group: str, ratios: dict) -> dict:
+    """{part: ratio} of one group (the UNet's block slots, or the group itself)."""
+    return {part: ratios[part] for part in session.merge.parts_of(group)}
 
 
 def _log_notes(p) -> None:
@@ -423,8 +437,11 @@ def _log_notes(p) -> None:
         return
     resolved = getattr(p, "uncond_lab_merge", None)
     if notes.get("applied"):
-        parts = ", ".join(f"{PART_LABELS[n]} {r:g}" for n, r in notes["applied"].items())
-        _log(f"Uncond Lab: merge ratio {resolved.recipe.unet_ratio:g} applied as reForge weight patches ({parts})")
+        parts = ", ".join(f"{PART_LABELS[n]} {r if isinstance(r, str) else format(r, 'g')}"
+                          for n, r in notes["applied"].items())
+        blocks = f", blocks {resolved.recipe.blocks}" if resolved.recipe.blocks else ""
+        _log(f"Uncond Lab: merge ratio {resolved.recipe.unet_ratio:g}{blocks} applied as reForge weight patches "
+             f"({parts})")
     if notes.get("restored"):
         parts = ", ".join(PART_LABELS[n] for n in notes["restored"])
         _log(f"Uncond Lab: merge restored: reForge unpatches the weights ({parts})")
@@ -452,6 +469,7 @@ def sync_merge(p, resolved) -> None:
     if PATCHES.session is None or PATCHES.session.key != resolved.key:
         release_merge()
         PATCHES.session = _PatchSession(resolved.key, resolved.recipe, p.sd_model)
+    PATCHES.session.merge.part_ratios(resolved.recipe)  # per-block ratios that do not fit: refused here (422)
     _assign(p, ("vae",), resolved)  # img2img encodes its init image in p.init(), before any batch
 
 

@@ -5,6 +5,7 @@ import gradio as gr
 from modules import sd_models, ui_common
 from modules.ui_components import FormRow, InputAccordion
 
+from lib_ext.merge.blocks import PRESETS as BLOCK_PRESETS
 from lib_ext.settings import FIELD_BY_NAME, HIRES_MODES, MERGE_METHOD_LABELS, PREDICTIONS, Settings
 
 NO_MERGE = "None"
@@ -25,6 +26,8 @@ def merge_ui_value(name: str, value):
         return MERGE_METHOD_LABELS[value]
     if name == "merge_te_ratio":
         return TE_FOLLOWS if value is None else f"{value:g}"
+    if name == "merge_blocks":
+        return value or ""
     return value
 
 
@@ -101,8 +104,16 @@ class UncondAccordion:
                                   elem_id=self.elem_id("merge_model_c"))
             method.change(lambda m: gr.update(visible=m == MERGE_METHOD_LABELS["add_difference"]), method, model_c,
                           show_progress=False)
+            with FormRow():
+                blocks = gr.Textbox(defaults.merge_blocks, label="Block weights (a supermerger vector, "
+                                    "IN00-IN05=1, M00=0.5, OUT=0, or a preset; empty: the UNet ratio everywhere)",
+                                    elem_id=self.elem_id("merge_blocks"), scale=4)
+                preset = gr.Dropdown(["", *BLOCK_PRESETS], value="", label="Block presets",
+                                     elem_id=self.elem_id("merge_blocks_preset"), scale=1)
+            preset.change(lambda name: gr.update() if not name else gr.update(value="" if name == "flat" else name),
+                          preset, blocks, show_progress=False)
         self.controls.update(merge_model=model, merge_method=method, merge_model_c=model_c, merge_ratio=ratio,
-                             merge_te_ratio=te_ratio)
+                             merge_te_ratio=te_ratio, merge_blocks=blocks)
 
     def _slider(self, name: str, label: str, value: float) -> None:
         self.controls[name] = gr.Slider(0.0, 1.0, value=value, step=0.01, label=label, elem_id=self.elem_id(name))
@@ -115,7 +126,7 @@ class UncondAccordion:
             values = Settings.infotext_to_ui(params)
             if "merge_model" not in values:
                 return merge_ui_value(name, "") if name == "merge_model" else None
-            if name in ("merge_model_c", "merge_te_ratio"):
+            if name in ("merge_model_c", "merge_te_ratio", "merge_blocks"):
                 return merge_ui_value(name, values.get(name))
             return merge_ui_value(name, values[name]) if name in values else None
 

@@ -1,6 +1,7 @@
 """Uncond Lab's merge engine, free of WebUI imports: recipes, lazy inputs, in-place apply/restore, saving.
 
     recipe.py             MergeRecipe: method, models A/B[/C], ratios per group (UNet, text encoders, VAE)
+    blocks.py             per-block UNet ratios (merge_blocks): the slot of every UNet key, parsing, presets
     keys.py               which group a checkpoint key belongs to; prediction-type marker keys
     sources.py            memory-mapped safetensors inputs and the compatibility check (MergePlan)
     ops.py                the arithmetic, exact at the endpoints

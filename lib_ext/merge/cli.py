@@ -6,10 +6,11 @@ import sys
 import time
 from typing import Callable, Sequence
 
+from lib_ext.merge.blocks import PRESETS as BLOCK_PRESETS
 from lib_ext.merge.recipe import ADD_DIFFERENCE, METHODS, WEIGHTED_SUM, MergeRecipe, RecipeError, parse_ratio
 from lib_ext.merge.save import (DEFAULT_CHUNK_ELEMENTS, OUTPUT_DTYPES, PEAK_BYTES_PER_CHUNK_ELEMENT, MergeSaveError,
                                 default_merge_name, file_sha256, save_merge)
-from lib_ext.merge.sources import MergeInputError, MergeInputs
+from lib_ext.merge.sources import MergeInputError, MergeInputs, plan_merge
 
 EPILOG = """\
 memory: inputs are read lazily (memory-mapped safetensors) and each tensor is merged and written a range of rows
@@ -51,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ratio", dest="ratios", type=_ratios, action="append", required=True, metavar="R[,R...]",
                         help="UNet ratio r; repeat or give a comma list for one file per ratio")
     parser.add_argument("--te-ratio", type=_ratio, metavar="R", help="text-encoder ratio (default: follows --ratio)")
+    parser.add_argument("--blocks", metavar="BLOCKS",
+                        help="per-block UNet ratios: a supermerger vector (26 values SD1.x, 20 SDXL; its first, BASE, "
+                             "is the text encoders'), assignments such as 'IN00-IN05=1, M00=0.5, OUT=0' (blocks not "
+                             "named take --ratio), or a preset (" + ", ".join(BLOCK_PRESETS) + ")")
     parser.add_argument("--vae", action="store_true", help="merge the VAE too (default: A's VAE)")
     parser.add_argument("--vae-ratio", type=_ratio, metavar="R", help="VAE ratio with --vae (default: follows --ratio)")
     parser.add_argument("--dtype", choices=OUTPUT_DTYPES, default="a",
@@ -108,11 +113,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     method = args.method or (ADD_DIFFERENCE if args.model_c else WEIGHTED_SUM)
     try:
         recipes = [MergeRecipe(method, args.model_a, args.model_b, args.model_c, ratio, args.te_ratio,
-                               args.vae, args.vae_ratio) for ratio in ratios]
+                               args.vae, args.vae_ratio, args.blocks) for ratio in ratios]
         inputs = MergeInputs.open(recipes[0])
     except (RecipeError, MergeInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if recipes[0].blocks is not None:
+        try:
+            plan_merge(recipes[0], inputs)  # per-block ratios that do not fit these models: a bad argument
+        except RecipeError as error:
+            inputs.close()
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except MergeInputError:
+            pass  # reported below, as without --blocks
     try:
         sha256 = None
         if args.sha256:

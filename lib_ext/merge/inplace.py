@@ -6,7 +6,9 @@ time, for hosts that move modules between devices, e.g. A1111 --medvram); the en
     merge = InPlaceMerge(recipe, targets)          # checks the inputs (headers only)
     with merge:                                    # prepare(): the resident copies, read once
         for ratio in (0.0, 0.5, 1.0):
-            changed = merge.apply(ratio)           # one pass per changed group; {'unet', 'te'} ⊇ changed
+            changed = merge.apply(ratio)           # one pass per changed part; {'unet', 'te'} ⊇ changed
+        merge.apply(0.5, blocks="IN04=1")          # per-block ratios: rewrites IN04 only (parts: the UNet's
+                                                   # block slots, the text encoders, the VAE)
             ...generate...                         # the host drops its text-encoder caches if 'te' in changed
                                                    # exit (also on an exception or Ctrl-C): restore() + free
 
@@ -53,13 +55,15 @@ idempotent and may be called again if it was itself interrupted. Writes run unde
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Union
 
 import torch
 
-from lib_ext.merge.keys import GROUP_LABELS, classify_key
+from lib_ext.merge.blocks import unet_slot
+from lib_ext.merge.keys import GROUP_LABELS, UNET, classify_key
 from lib_ext.merge.ops import (CastBuffers, add_difference_into, bits_equal, merge_operand, pieces,
                                weighted_sum_into)
 from lib_ext.merge.recipe import ADD_DIFFERENCE, WEIGHTED_SUM, MergeRecipe
@@ -116,6 +120,17 @@ def estimate_memory(tensors: Iterable[Any], method: str, *, difference_dtype: to
 
 
 @dataclass
+class WriteStats:
+    """How many live tensors, and bytes of them, one apply() or restore() wrote (for the console line)."""
+    tensors: int = 0
+    bytes: int = 0
+
+    def add(self, tensor: torch.Tensor) -> None:
+        self.tensors += 1
+        self.bytes += tensor.numel() * tensor.element_size()
+
+
+@dataclass
 class _Slot:
     """The resident tensors of one parameter (placement "mapped": None where the files provide them)."""
     key: str
@@ -164,18 +179,26 @@ class InPlaceMerge:
         self.inputs = MergeInputs.open(recipe) if inputs is None else inputs
         try:
             self.plan: MergePlan = plan_merge(recipe, self.inputs)
+            self.layout = self.plan.layout
             live = self._resolve()
         except BaseException:
             self._close_inputs()
             raise
         handed_over = {self.plan.group_of(key) for key in live}
         self.groups: tuple[str, ...] = tuple(g for g in self.plan.groups if g in handed_over)
+        # Parts: what one ratio applies to, switched and tracked on their own. The UNet's parts are its block
+        # slots (IN04, M00, …; blocks.py) when it has that layout, so a per-block change rewrites only that block.
+        self._group_of_part: dict[str, str] = {}
+        for group in self.groups:
+            parts = self.layout.unet_slots if group == UNET and self.layout is not None else (group,)
+            self._group_of_part.update((part, group) for part in parts)
         self._slots: dict[str, list[_Slot]] = {}
         self.placement_used: str | None = None  # what "auto" chose, once prepared
         # Mapped: cast buffers, kept from one switch to the next (at most CHUNK_ELEMENTS per role and dtype: 16 MiB
         # in float32); made again for every pass, they would pile up as freed blocks in glibc's per-thread arenas.
         self._scratch = CastBuffers()
-        self._state: dict[str, object] = {g: None for g in self.groups}  # None: originals; a float: that ratio
+        self._state: dict[str, object] = {p: None for p in self._group_of_part}  # None: originals; a float: ratio
+        self.last_write = WriteStats()  # what the last apply() or restore() wrote
         self._staging: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     # --- targets --------------------------------------------------------------------------------------
@@ -251,12 +274,12 @@ class InPlaceMerge:
         placement = self._choose_placement(live)
         load = self._map_slot if placement == "mapped" else self._load_slot
         cpu = torch.device("cpu")
-        slots: dict[str, list[_Slot]] = {g: [] for g in self.groups}
+        slots: dict[str, list[_Slot]] = {part: [] for part in self._group_of_part}
         try:
             with torch.no_grad():  # nothing is written to the targets here: an error leaves them as they were
                 for key, tensor in live.items():
                     device = cpu if placement == "cpu" else tensor.device
-                    slots[self.plan.group_of(key)].append(load(key, tensor, device))
+                    slots[self._part_of(key)].append(load(key, tensor, device))
         finally:
             self._scratch = CastBuffers()  # the check's buffer goes back
         self._slots, self.placement_used = slots, placement
@@ -317,91 +340,129 @@ class InPlaceMerge:
 
     @property
     def applied(self) -> dict[str, float | None]:
-        """{group: ratio applied}; None where the originals are in place; NaN while a pass is unfinished."""
-        return {g: (math.nan if s is _DIRTY else s) for g, s in self._state.items()}
+        """{group: ratio applied}; None where the originals are in place; NaN while a pass is unfinished or when
+        the group's parts hold different ratios (a per-block merge: see applied_parts)."""
+        out: dict[str, float | None] = {}
+        for group in self.groups:
+            states = {(math.nan if s is _DIRTY else s) for p, s in self._state.items()
+                      if self._group_of_part[p] == group}
+            out[group] = states.pop() if len(states) == 1 else math.nan
+        return out
+
+    @property
+    def applied_parts(self) -> dict[str, float | None]:
+        """{part: ratio applied} (the UNet per block slot when it has that layout); None: originals; NaN: dirty."""
+        return {p: (math.nan if s is _DIRTY else s) for p, s in self._state.items()}
 
     def applied_recipe(self) -> MergeRecipe | None:
         """The recipe at the ratios now in the weights (for infotext); None while the originals are in place.
 
-        A group the host did not hand over (e.g. text encoders on a UNet-only host) stays A's: ratio 0.
+        A group the host did not hand over (e.g. text encoders on a UNet-only host) stays A's: ratio 0. UNet
+        blocks at different ratios come back as `blocks` naming every slot.
         """
         ratios: dict[str, float] = {}
-        for group in self.recipe.group_ratios():
-            state = self._state.get(group)
-            if state is _DIRTY:
+        for part, state in self._state.items():
+            if state is _DIRTY or (state is None and not self._zero_is_original(part)):
                 return None
-            if state is None and group in self.groups and not self._zero_is_original(group):
-                return None
-            ratios[group] = 0.0 if state is None else state
-        if all(self._state[g] is None for g in self.groups):
+            ratios[part] = 0.0 if state is None else state
+        if all(state is None for state in self._state.values()):
             return None
-        return self.recipe.with_ratios(ratios["unet"], ratios["te"], ratios.get("vae"))
+        unet_parts = [p for p in self._state if self._group_of_part[p] == UNET]
+        unet_values = {ratios[p] for p in unet_parts} or {0.0}
+        blocks = ", ".join(f"{p}={ratios[p]!r}" for p in unet_parts) if len(unet_values) > 1 else None
+        return dataclasses.replace(self.recipe, unet_ratio=self.recipe.unet_ratio if blocks else unet_values.pop(),
+                                   te_ratio=ratios.get("te", 0.0),
+                                   vae_ratio=ratios.get("vae", 0.0) if self.recipe.include_vae else None,
+                                   blocks=blocks)
 
     def apply(self, unet_ratio: float, te_ratio: float | None = None, vae_ratio: float | None = None, *,
-              force: bool = False) -> frozenset[str]:
+              blocks: str | None = None, force: bool = False) -> frozenset[str]:
         """Write the merge at these ratios into the live tensors; returns the groups whose weights changed.
 
-        te_ratio / vae_ratio None follow unet_ratio, as in a recipe (the VAE only with include_vae). A group
-        already at its ratio is skipped unless `force`.
+        te_ratio / vae_ratio None follow unet_ratio, as in a recipe (the VAE only with include_vae); `blocks`
+        per-block UNet ratios (blocks.py; None: unet_ratio everywhere). A part (a UNet block, the text
+        encoders, the VAE) already at its ratio is skipped unless `force`.
         """
-        ratios = self.recipe.with_ratios(unet_ratio, te_ratio, vae_ratio).group_ratios()
-        self.prepare()
-        targets = self._resolve() if callable(self._targets) else self._targets
-        changed = set()
-        with torch.no_grad():
-            for group in self.groups:
-                ratio, state = ratios[group], self._state[group]
-                a_in_place = state is None and self._zero_is_original(group)
-                if not force and (state == ratio or (a_in_place and ratio == 0.0)):
-                    continue
-                self._check_files()
-                self._state[group] = _DIRTY
-                self._write_group(group, ratio, targets, a_in_place)
-                self._state[group] = ratio
-                changed.add(group)
-        return frozenset(changed)
+        return self.apply_recipe(self.recipe.with_ratios(unet_ratio, te_ratio, vae_ratio, blocks=blocks),
+                                 force=force)
 
     def apply_recipe(self, recipe: MergeRecipe, *, force: bool = False) -> frozenset[str]:
         """apply() at a recipe's ratios; the recipe must be this merge (same method, models and VAE choice)."""
         if (recipe.method, recipe.models, recipe.include_vae) != (self.recipe.method, self.recipe.models,
                                                                   self.recipe.include_vae):
             raise ValueError(f"recipe '{recipe.describe()}' is not the prepared merge '{self.recipe.describe()}'")
-        return self.apply(recipe.unet_ratio, recipe.te_ratio, recipe.vae_ratio, force=force)
+        ratios = recipe.part_ratios(self.layout)  # raises (RecipeError) before anything is written
+        self.prepare()
+        targets = self._resolve() if callable(self._targets) else self._targets
+        changed, stats = set(), WriteStats()
+        self.last_write = stats
+        with torch.no_grad():
+            for part in self.pending_parts(recipe, ratios, force=force):
+                a_in_place = self._state[part] is None and self._zero_is_original(part)
+                self._check_files()
+                self._state[part] = _DIRTY
+                self._write_part(part, ratios[part], targets, a_in_place, stats)
+                self._state[part] = ratios[part]
+                changed.add(self._group_of_part[part])
+        return frozenset(changed)
+
+    def pending_parts(self, recipe: MergeRecipe, ratios: Mapping[str, float] | None = None, *,
+                      force: bool = False) -> list[str]:
+        """The parts apply_recipe(recipe) rewrites: those not at their ratio (ratio 0 is the originals when A is
+        their bit copy)."""
+        ratios = recipe.part_ratios(self.layout) if ratios is None else ratios
+        pending = []
+        for part, state in self._state.items():
+            ratio = ratios[part]
+            if force or not (state == ratio or (ratio == 0.0 and state is None and self._zero_is_original(part))):
+                pending.append(part)
+        return pending
+
+    def pending_groups(self, recipe: MergeRecipe) -> frozenset[str]:
+        """The groups apply_recipe(recipe) rewrites (some of their parts)."""
+        return frozenset(self._group_of_part[p] for p in self.pending_parts(recipe))
 
     def restore(self) -> frozenset[str]:
-        """Copy the original weights back, bit for bit, into every group not known to hold them."""
+        """Copy the original weights back, bit for bit, into every part not known to hold them."""
         if not self.prepared:
             return frozenset()
         targets = self._resolve() if callable(self._targets) else self._targets
-        changed = set()
+        changed, stats = set(), WriteStats()
+        self.last_write = stats
         with torch.no_grad():
-            for group in self.groups:
-                if self._state[group] is None:
+            for part, state in self._state.items():
+                if state is None:
                     continue
                 self._check_files()
-                self._state[group] = _DIRTY
-                for slot in self._slots[group]:
+                self._state[part] = _DIRTY
+                for slot in self._slots[part]:
                     target = self._checked_target(targets, slot)
                     original = slot.original if slot.original is not None else slot.base
                     # copy_ casts A's file value to the live dtype as the host did (checked at prepare())
                     target.copy_(original if original is not None else self.inputs.a.view(slot.key))
-                self._state[group] = None
-                changed.add(group)
+                    stats.add(target)
+                self._state[part] = None
+                changed.add(self._group_of_part[part])
         return frozenset(changed)
 
     def forget(self, groups: Iterable[str]) -> None:
         """The host has overwritten these groups itself (it reloaded their weights from a file): count them as
         holding the originals without writing anything, so that restore() and close() leave its new weights
         alone. The resident copies of A no longer describe those groups: close() next."""
-        for group in groups:
-            if group in self._state:
-                self._state[group] = None
+        groups = set(groups)
+        for part, group in self._group_of_part.items():
+            if group in groups:
+                self._state[part] = None
 
     # --- internals ------------------------------------------------------------------------------------
 
-    def _zero_is_original(self, group: str) -> bool:
+    def _part_of(self, key: str) -> str:
+        group = self.plan.group_of(key)
+        return unet_slot(key) if group == UNET and self.layout is not None else group
+
+    def _zero_is_original(self, part: str) -> bool:
         """Ratio 0 writes A; when A is the bit copy of the originals, the originals already are ratio 0."""
-        return all(slot.original is None for slot in self._slots[group])
+        return all(slot.original is None for slot in self._slots.get(part, ()))
 
     @staticmethod
     def _checked_target(targets: Mapping[str, torch.Tensor], slot: _Slot) -> torch.Tensor:
@@ -417,17 +478,21 @@ class InPlaceMerge:
             for source in self.inputs.by_role().values():
                 source.check_unchanged()
 
-    def _write_group(self, group: str, ratio: float, targets: Mapping[str, torch.Tensor], a_in_place: bool) -> None:
-        """One pass over a group's parameters. The hot loop of a switch: keep it lean (≈ 1680 tensors, SDXL).
+    def _write_part(self, part: str, ratio: float, targets: Mapping[str, torch.Tensor], a_in_place: bool,
+                    stats: "WriteStats") -> None:
+        """One pass over a part's parameters. The hot loop of a switch: keep it lean (≈ 1680 tensors, SDXL).
         a_in_place: the live tensors hold A (the originals): a mapped switch need not read A's file."""
         write = weighted_sum_into if self.recipe.method == WEIGHTED_SUM else add_difference_into
         if self.placement_used == "mapped":
-            for slot in self._slots[group]:
-                self._write_from_files(slot, self._checked_target(targets, slot), ratio, write, a_in_place)
+            for slot in self._slots[part]:
+                target = self._checked_target(targets, slot)
+                self._write_from_files(slot, target, ratio, write, a_in_place)
+                stats.add(target)
             return
         endpoint = ratio == 0.0 or (ratio == 1.0 and self.recipe.method == WEIGHTED_SUM)
-        for slot in self._slots[group]:
+        for slot in self._slots[part]:
             target = self._checked_target(targets, slot)
+            stats.add(target)
             base = slot.base
             if target.device == base.device and target.dtype == base.dtype:
                 write(target, base, slot.other, ratio)  # the fused pass, straight into the parameter

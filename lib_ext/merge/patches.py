@@ -11,6 +11,9 @@ merge ratio as the strength. Per ratio r:
     else      FilePatch: weighted sum  lerp(w, B, r)          (r = 1 copies B)
                          add difference  w + r·(B − C)
 
+A per-block merge (recipe.blocks) has one ratio per part (`part_ratios`: each UNet block slot, the text encoders,
+the VAE): the host adds each part's patches with that part's ratio as their strength (`file_patches_by_part`).
+
 The patches sit on a clone of the patcher that reForge replaces at the next batch or pass, and reForge puts the
 unpatched weights back (its backup) whenever another patch set is loaded. So nothing is restored by hand, and a
 LoRA's patches apply on top of ours (the host puts ours first in each key's list).
@@ -32,7 +35,9 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
+from lib_ext.merge.blocks import unet_slot
 from lib_ext.merge.inplace import compute_dtype_for
+from lib_ext.merge.keys import UNET
 from lib_ext.merge.ops import CastBuffers, add_difference_into, merge_operand, pieces, weighted_sum_into
 from lib_ext.merge.recipe import WEIGHTED_SUM, MergeRecipe
 from lib_ext.merge.sources import MergeInputs, MergePlan, plan_merge
@@ -83,12 +88,33 @@ class PatchMerge:
     def groups(self) -> tuple[str, ...]:
         return self.plan.groups
 
+    def part_ratios(self, recipe: MergeRecipe) -> dict[str, float]:
+        """{part: ratio} of `recipe` (this merge at some ratios) for these inputs: the UNet per block slot when
+        it has that layout; raises RecipeError naming the value when recipe.blocks does not fit."""
+        return recipe.part_ratios(self.plan.layout)
+
+    def parts_of(self, group: str) -> tuple[str, ...]:
+        """The parts of a group that part_ratios() names: the UNet's block slots, or the group itself."""
+        if group == UNET and self.plan.layout is not None:
+            return self.plan.layout.unet_slots
+        return (group,)
+
+    def file_patches_by_part(self, group: str, live_dtypes: Mapping[str, torch.dtype],
+                             convert: Callable[[dict], dict] = dict) -> dict[str, dict[str, FilePatch]]:
+        """{part: {host key: FilePatch}}: file_patches() split by the parts part_ratios() names."""
+        parts: dict[str, list[str]] = {}
+        for key in self.plan.keys_of(group):
+            slot = unet_slot(key) if group == UNET and self.plan.layout is not None else None
+            parts.setdefault(slot or group, []).append(key)
+        return {part: self.file_patches(group, live_dtypes, convert, keys) for part, keys in parts.items()}
+
     def file_patches(self, group: str, live_dtypes: Mapping[str, torch.dtype],
-                     convert: Callable[[dict], dict] = dict) -> dict[str, FilePatch]:
-        """{host key: FilePatch} for a group's weights. `convert` maps {checkpoint key: tensor} to the host's
-        keys (reForge: its own text-encoder conversion, which slices and transposes views without reading
-        them); live_dtypes: {host key: the loaded weight's dtype} (float32 for a key the host lacks)."""
-        keys = self.plan.keys_of(group)
+                     convert: Callable[[dict], dict] = dict, keys: list[str] | None = None) -> dict[str, FilePatch]:
+        """{host key: FilePatch} for a group's weights (or these `keys` of it). `convert` maps {checkpoint key:
+        tensor} to the host's keys (reForge: its own text-encoder conversion, which slices and transposes views
+        without reading them); live_dtypes: {host key: the loaded weight's dtype} (float32 for a key the host
+        lacks)."""
+        keys = self.plan.keys_of(group) if keys is None else keys
         b = convert({key: self.inputs.b.view(key) for key in keys})
         c = convert({key: self.inputs.c.view(key) for key in keys}) if self.inputs.c is not None else {}
         return {key: FilePatch(self.recipe.method, tensor, c.get(key), live_dtypes.get(key, torch.float32),

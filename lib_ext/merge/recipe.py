@@ -5,7 +5,9 @@
 
 r is chosen per group: `unet_ratio` for the UNet, `te_ratio` for the text encoders (None = follows the UNet),
 `vae_ratio` for the VAE, which is left as A's unless `include_vae` (None = follows the UNet). te("") depends
-only on the text encoders, so te_ratio = 0 keeps the uncond of A while the UNet moves.
+only on the text encoders, so te_ratio = 0 keeps the uncond of A while the UNet moves. `blocks` sets a ratio per
+UNet block (lib_ext/merge/blocks.py: a supermerger vector, assignments like `IN04=0.5`, or a preset); UNet blocks
+it does not name take unet_ratio.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from lib_ext.merge.blocks import RATIO_RANGE, BlockLayout, BlocksError, BlockWeights, parse_blocks
 from lib_ext.merge.keys import GROUP_LABELS, TEXT_ENCODER, UNET, VAE
 
 WEIGHTED_SUM, ADD_DIFFERENCE = "weighted_sum", "add_difference"
@@ -24,9 +27,7 @@ METHOD_LABELS = {WEIGHTED_SUM: "Weighted sum", ADD_DIFFERENCE: "Add difference"}
 _METHOD_SPELLINGS = {**{m: m for m in METHODS}, **{label.lower(): m for m, label in METHOD_LABELS.items()},
                      "ws": WEIGHTED_SUM, "ad": ADD_DIFFERENCE}
 
-# Extrapolation up to one model-distance either way is allowed; beyond that a value is almost surely a typo
-# (50 meant as 50 %).
-RATIO_RANGE = (-1.0, 2.0)
+_KEEP = object()  # with_ratios: keep the recipe's blocks
 
 
 class RecipeError(ValueError):
@@ -72,6 +73,7 @@ class MergeRecipe:
     te_ratio: float | None = None   # None: follows unet_ratio
     include_vae: bool = False
     vae_ratio: float | None = None  # None: follows unet_ratio (only with include_vae)
+    blocks: str | None = None       # per-block UNet ratios (blocks.py), canonical text; None: unet_ratio for all
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -91,6 +93,15 @@ class MergeRecipe:
             raise RecipeError(f"merge 'vae_ratio' ({self.vae_ratio!r}) needs include_vae=true; "
                               "without it the VAE stays A's")
         set_("vae_ratio", _parse_optional_ratio("vae_ratio", self.vae_ratio))
+        try:
+            weights = parse_blocks(self.blocks)
+        except BlocksError as error:
+            raise RecipeError(str(error)) from None
+        set_("blocks", None if weights is None else weights.text)
+        if weights is not None and weights.base is not None and self.te_ratio is not None:
+            source = "its first value (BASE)" if weights.vector is not None else "BASE"
+            raise RecipeError(f"merge_blocks {weights.text!r:.200} sets the text encoders' ratio with {source} "
+                              f"= {weights.base:g}, and merge_te_ratio = {self.te_ratio:g} does too; give one")
 
     # --- meaning --------------------------------------------------------------------------------------
 
@@ -99,17 +110,57 @@ class MergeRecipe:
         if group == UNET:
             return self.unet_ratio
         if group == TEXT_ENCODER:
+            base = self.block_weights.base if self.blocks is not None else None
+            if base is not None:
+                return base
             return self.unet_ratio if self.te_ratio is None else self.te_ratio
         if group == VAE:
             if not self.include_vae:
                 return None
-            return self.unet_ratio if self.vae_ratio is None else self.vae_ratio
+            if self.vae_ratio is not None:
+                return self.vae_ratio
+            vector = self.block_weights.vector if self.blocks is not None else None
+            # The VAE follows the UNet's ratio; a full vector does not use unet_ratio, so it follows its BASE
+            # (then a flat vector r is the plain ratio r everywhere, VAE included).
+            return self.unet_ratio if vector is None else vector[0]
         return None
 
     def group_ratios(self) -> dict[str, float]:
-        """{group: ratio} for every group this recipe merges."""
+        """{group: ratio} for every group this recipe merges (the UNet's: unet_ratio, which `blocks` may override
+        per block: see part_ratios)."""
         ratios = {group: self.ratio_for(group) for group in (UNET, TEXT_ENCODER, VAE)}
         return {group: ratio for group, ratio in ratios.items() if ratio is not None}
+
+    @property
+    def block_weights(self) -> BlockWeights | None:
+        return parse_blocks(self.blocks)
+
+    def part_ratios(self, layout: BlockLayout | None) -> dict[str, float]:
+        """{part: ratio}: the UNet per slot of `layout` (IN00, M00, TIME, …; 'unet' when layout is None), then
+        'te' and 'vae' as group_ratios. Raises RecipeError naming the value when `blocks` does not fit."""
+        groups = self.group_ratios()
+        parts: dict[str, float] = {}
+        if layout is None:
+            if self.blocks is not None:
+                try:
+                    self.block_weights.slot_ratios(None, self.unet_ratio, groups[TEXT_ENCODER])
+                except BlocksError as error:
+                    raise RecipeError(str(error)) from None
+            parts[UNET] = self.unet_ratio
+        elif self.blocks is None:
+            parts.update((slot, self.unet_ratio) for slot in layout.unet_slots)
+        else:
+            try:
+                slots = self.block_weights.slot_ratios(layout, self.unet_ratio, groups[TEXT_ENCODER])
+            except BlocksError as error:
+                raise RecipeError(str(error)) from None
+            parts.update((slot, slots[slot]) for slot in layout.unet_slots)
+        parts.update((group, ratio) for group, ratio in groups.items() if group != UNET)
+        return parts
+
+    def changes_weights(self) -> bool:
+        """Whether any weight differs from A's (False: every ratio 0 and no per-block ratio)."""
+        return self.blocks is not None or any(r != 0.0 for r in self.group_ratios().values())
 
     @property
     def models(self) -> dict[str, str]:
@@ -119,10 +170,12 @@ class MergeRecipe:
             roles["C"] = self.model_c
         return roles
 
-    def with_ratios(self, unet_ratio: Any, te_ratio: Any = None, vae_ratio: Any = None) -> "MergeRecipe":
-        """The same merge at other ratios (a sweep cell), validated like a new recipe."""
+    def with_ratios(self, unet_ratio: Any, te_ratio: Any = None, vae_ratio: Any = None,
+                    blocks: Any = _KEEP) -> "MergeRecipe":
+        """The same merge at other ratios (a sweep cell), validated like a new recipe; `blocks` kept unless given."""
         return dataclasses.replace(self, unet_ratio=unet_ratio, te_ratio=te_ratio,
-                                   vae_ratio=vae_ratio if self.include_vae else None)
+                                   vae_ratio=vae_ratio if self.include_vae else None,
+                                   blocks=self.blocks if blocks is _KEEP else blocks)
 
     # --- serialisation --------------------------------------------------------------------------------
 
@@ -155,4 +208,6 @@ class MergeRecipe:
             formula = f"{names['A']} + r·({names['B']} - {names['C']})"
         parts = [f"{GROUP_LABELS[g]} r={self.ratio_for(g):g}" for g in (UNET, TEXT_ENCODER)]
         parts.append(f"VAE r={self.ratio_for(VAE):g}" if self.include_vae else "VAE of A")
+        if self.blocks is not None:
+            parts.append(f"blocks {self.blocks}")
         return f"{METHOD_LABELS[self.method]}: {formula}; {', '.join(parts)}"

@@ -30,7 +30,8 @@ from typing import Callable, Iterator, Mapping
 
 import torch
 
-from lib_ext.merge.keys import MERGEABLE_GROUPS, classify_key
+from lib_ext.merge.blocks import PRESETS, unet_slot
+from lib_ext.merge.keys import MERGEABLE_GROUPS, UNET, classify_key
 from lib_ext.merge.ops import add_difference_into, weighted_sum_into
 from lib_ext.merge.recipe import METHOD_LABELS, WEIGHTED_SUM, MergeRecipe
 from lib_ext.merge.safetensors_stream import write_safetensors
@@ -74,7 +75,8 @@ def sanitize_checkpoint_name(name: str) -> str:
 
 
 def default_merge_name(recipe: MergeRecipe) -> str:
-    """e.g. 'base+tuned ws0.3' or 'base+tuned ad0.5 te0 vae0.5'."""
+    """e.g. 'base+tuned ws0.3', 'base+tuned ad0.5 te0 vae0.5', 'base+tuned ws0.5 blocks-1a2b3c4d' (a hash of
+    the per-block ratios, or a preset's name)."""
     stems = [os.path.splitext(os.path.basename(p))[0] for p in recipe.models.values()]
     tag = "ws" if recipe.method == WEIGHTED_SUM else "ad"
     name = f"{'+'.join(stems)} {tag}{recipe.unet_ratio:g}"
@@ -82,6 +84,9 @@ def default_merge_name(recipe: MergeRecipe) -> str:
         name += f" te{recipe.te_ratio:g}"
     if recipe.include_vae:
         name += f" vae{recipe.ratio_for('vae'):g}"
+    if recipe.blocks is not None:  # the values are in the recipe metadata; a name has no room for 26 numbers
+        tag = recipe.blocks if recipe.blocks in PRESETS else hashlib.sha256(recipe.blocks.encode()).hexdigest()[:8]
+        name += f" blocks-{tag}"
     return name
 
 
@@ -198,11 +203,20 @@ def _read(source: TensorSource, key: str, rows: tuple[int, int] | None) -> torch
     return source.tensor(key) if rows is None else source.rows(key, *rows)
 
 
+def key_ratio(recipe: MergeRecipe, plan: MergePlan, key: str) -> float | None:
+    """The ratio a key is merged at (its block's with per-block ratios), None for a key copied from A."""
+    group = plan.group_of(key)
+    if group is None:
+        return None
+    if group == UNET and recipe.blocks is not None:
+        return recipe.part_ratios(plan.layout)[unet_slot(key)]
+    return recipe.ratio_for(group)
+
+
 def merged_chunks(recipe: MergeRecipe, plan: MergePlan, inputs: MergeInputs, spec: TensorSpec,
                   chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> Iterator[torch.Tensor]:
     """The output tensor `spec` (dtype from output_specs) as row chunks, merged in float32."""
-    group = plan.group_of(spec.key)
-    ratio = None if group is None else recipe.ratio_for(group)
+    ratio = key_ratio(recipe, plan, spec.key)
     for rows in _row_ranges(spec.shape, chunk_elements):
         yield _merged_rows(recipe, inputs, spec, rows, ratio)
 

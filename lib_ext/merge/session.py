@@ -21,13 +21,14 @@ the cond caches after).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterable, Mapping, Protocol
 
 import torch
 
-from lib_ext.merge.inplace import InPlaceMerge
+from lib_ext.merge.inplace import InPlaceMerge, WriteStats
 from lib_ext.merge.keys import GROUP_LABELS
 from lib_ext.merge.recipe import MergeRecipe
 
@@ -66,15 +67,25 @@ class MergeUpdate:
     seconds: float
     unet_ratio: float | None = None
     detail: str = ""
+    blocks: str | None = None       # the recipe's per-block ratios (applied)
+    written: WriteStats | None = None
 
     def message(self) -> str:
-        groups = ", ".join(f"{GROUP_LABELS[g]} {'original' if r is None else format(r, 'g')}"
-                           for g, r in self.ratios.items())
+        groups = ", ".join(f"{GROUP_LABELS[g]} {_ratio_text(r)}" for g, r in self.ratios.items())
+        if self.written is not None:
+            groups += f"; {self.written.tensors} weights, {self.written.bytes / 1e6:.1f} MB written"
         if self.kind == "applied":
-            return f"Uncond Lab: merge ratio {self.unet_ratio:g} applied in {self.seconds:.2f} s ({groups})"
+            blocks = f", blocks {self.blocks}" if self.blocks else ""
+            return f"Uncond Lab: merge ratio {self.unet_ratio:g}{blocks} applied in {self.seconds:.2f} s ({groups})"
         if self.kind == "restored":
             return f"Uncond Lab: merge restored in {self.seconds:.2f} s ({groups})"
         return f"Uncond Lab: merge prepared in {self.seconds:.2f} s ({self.detail})"
+
+
+def _ratio_text(ratio: float | None) -> str:
+    if ratio is None:
+        return "original"
+    return "per block" if math.isnan(ratio) else format(ratio, "g")
 
 
 def placement_for(sources: str, low_vram: bool) -> str:
@@ -98,13 +109,6 @@ def fingerprint(values: Mapping[str, torch.Tensor], keys: Iterable[str]) -> tupl
         sample = flat[::step][:FINGERPRINT_ELEMENTS].to("cpu").contiguous()
         prints.append((key, str(tensor.dtype), tuple(tensor.shape), bytes(sample.view(torch.uint8).tolist())))
     return tuple(prints)
-
-
-def pending_groups(merge: InPlaceMerge, recipe: MergeRecipe) -> frozenset[str]:
-    """The groups apply_recipe(recipe) will rewrite (same rule as the engine: ratio 0 is the originals)."""
-    ratios, applied = recipe.group_ratios(), merge.applied
-    return frozenset(g for g in merge.groups
-                     if not (applied[g] == ratios[g] or (applied[g] is None and ratios[g] == 0.0)))
 
 
 class MergeSession:
@@ -139,7 +143,7 @@ class MergeSession:
 
     def apply(self, recipe: MergeRecipe) -> list[MergeUpdate]:
         """Make the weights hold `recipe` (this session's merge at some ratios); [] when they already do."""
-        pending = pending_groups(self.merge, recipe)
+        pending = self.merge.pending_groups(recipe)
         if not pending:
             return []
         updates = []
@@ -159,7 +163,8 @@ class MergeSession:
             self._after_write(pending)  # also after a failure: a half-written group must not stay cached
         applied = self.merge.applied
         updates.append(MergeUpdate("applied", {g: applied[g] for g in self.merge.groups if g in pending},
-                                   time.perf_counter() - start, unet_ratio=recipe.unet_ratio))
+                                   time.perf_counter() - start, unet_ratio=recipe.unet_ratio, blocks=recipe.blocks,
+                                   written=self.merge.last_write))
         return updates
 
     def describe_memory(self) -> str:
@@ -186,7 +191,7 @@ class MergeSession:
         finally:
             self._after_write(changed)
         return [MergeUpdate("restored", {g: None for g in self.merge.groups if g in changed},
-                            time.perf_counter() - start)]
+                            time.perf_counter() - start, written=self.merge.last_write)]
 
     def close(self) -> list[MergeUpdate]:
         """Restore what this session changed (except groups someone else has reloaded since), free the copies."""
@@ -231,7 +236,7 @@ class MergeSessions:
                                         or not session.host.alive() or session.overwritten()):
                 updates += self.close(log=False)
             if recipe is not None:
-                if self.current is None and any(r != 0.0 for r in recipe.group_ratios().values()):
+                if self.current is None and recipe.changes_weights():
                     # Ratio 0 everywhere is model A as loaded: no copies are read until a ratio needs them.
                     self.current = MergeSession(key, recipe, make_host(), placement=placement)
                 if self.current is not None:

@@ -7,6 +7,7 @@ pages the OS page cache holds while RAM allows and drops when it does not (the m
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import mmap
@@ -18,7 +19,8 @@ from typing import Mapping, Protocol
 
 import torch
 
-from lib_ext.merge.keys import (MERGEABLE_GROUPS, PREDICTION_METADATA_KEYS, UNET_INPUT_CONV, VAE,
+from lib_ext.merge.blocks import BlockLayout
+from lib_ext.merge.keys import (MERGEABLE_GROUPS, PREDICTION_METADATA_KEYS, UNET, UNET_INPUT_CONV, VAE,
                                 architecture_of, classify_key, is_prediction_marker, prediction_type_of)
 from lib_ext.merge.ops import bits_equal
 from lib_ext.merge.recipe import ADD_DIFFERENCE, MergeRecipe
@@ -243,6 +245,11 @@ class MergePlan:
     def keys_of(self, group: str) -> list[str]:
         return [key for key, g in self.merged.items() if g == group]
 
+    @functools.cached_property
+    def layout(self) -> BlockLayout | None:
+        """The UNet's block slots (blocks.py), None without a UNet or for a UNet outside SD1.x/SD2.x/SDXL's."""
+        return BlockLayout.from_keys(self.keys_of(UNET)) if UNET in self.merged.values() else None
+
     @property
     def groups(self) -> tuple[str, ...]:
         """The groups with at least one merged key, in the order unet, te, vae."""
@@ -338,5 +345,8 @@ def plan_merge(recipe: MergeRecipe, inputs: MergeInputs) -> MergePlan:
     _check_markers(sources)
     if VAE in merged_groups and VAE not in merged.values():
         raise MergeInputError(f"include_vae is set but A = {a.name} has no VAE (first_stage_model.*) weights")
-    return MergePlan(recipe.method, dict(a.specs), merged,
+    plan = MergePlan(recipe.method, dict(a.specs), merged,
                      prediction_type_of(k for k in a.specs if is_prediction_marker(k)))
+    if recipe.blocks is not None:
+        recipe.part_ratios(plan.layout)  # refuses (RecipeError) per-block ratios that do not fit this UNet
+    return plan

@@ -12,15 +12,23 @@ Uncond list, items separated by semicolons or commas: `default` (the WebUI's own
 `null` (= zero weight 0: te(""), what ComfyUI feeds), `zero` (= zero weight 1: what A1111/reForge feed SDXL for
 an empty negative), or a zero weight in [0, 1].
 
-Cells are generated merge ratio outermost (one weight update per ratio), then uncond, then CFG; the grid has one
-row per ratio and one column per (uncond, CFG) pair, in that order.
+Block-weights list (per-block UNet ratios, lib_ext/merge/blocks.py), items separated by commas and quoted where
+they contain commas, as the X/Y/Z plot reads its text values: `"IN04=0", "IN04=1", input-only`; `flat` or `none`
+(or an empty list) = the plain ratio.
+
+Cells are generated merge ratio outermost (one weight update per ratio), then block weights (a block change
+rewrites only the blocks whose ratio changed), then uncond, then CFG; the grid has one row per (ratio, block
+weights) pair and one column per (uncond, CFG) pair, in that order.
 """
 from __future__ import annotations
 
+import csv
+import io
 import math
 import re
 from dataclasses import dataclass
 
+from lib_ext.merge.blocks import BlocksError, canonical_blocks
 from lib_ext.merge.recipe import RATIO_RANGE
 
 MAX_VALUES = 64    # per list
@@ -133,6 +141,24 @@ def parse_unconds(text: str) -> list[float | None]:
     return choices or [None]
 
 
+def parse_blocks_list(text: str) -> list[str | None]:
+    """Canonical block weights (None = the plain ratio) from the block-weights list (see the module doc)."""
+    if not isinstance(text, str) or not text.strip():
+        return [None]
+    items = [item.strip() for row in csv.reader(io.StringIO(text), skipinitialspace=True) for item in row]
+    choices: list[str | None] = []
+    for item in items:
+        if not item:
+            continue
+        try:
+            choices.append(canonical_blocks(item))
+        except BlocksError as error:
+            raise SweepError(f"Block weights list: {error}") from None
+        if len(choices) > MAX_VALUES:
+            raise SweepError(f"Block weights list: more than {MAX_VALUES} values")
+    return choices or [None]
+
+
 def uncond_label(weight: float | None) -> str:
     if weight is None:
         return "WebUI uncond"
@@ -150,6 +176,7 @@ class SweepCell:
     ratio: float
     cfg: float
     uncond: float | None  # zero weight, None = the WebUI's own uncond
+    blocks: str | None = None  # per-block UNet ratios, None = the plain ratio
 
 
 @dataclass(frozen=True)
@@ -157,17 +184,24 @@ class SweepPlan:
     ratios: tuple[float, ...]
     cfgs: tuple[float, ...]
     unconds: tuple[float | None, ...]
+    blocks: tuple[str | None, ...] = (None,)
 
     def __post_init__(self):
-        if not (self.ratios and self.cfgs and self.unconds):
+        if not (self.ratios and self.cfgs and self.unconds and self.blocks):
             raise SweepError("a sweep needs at least one merge ratio, one CFG scale and one uncond setting")
         if self.cell_count > MAX_CELLS:
-            raise SweepError(f"{len(self.ratios)} ratios × {len(self.cfgs)} CFG scales × {len(self.unconds)} "
-                             f"uncond settings = {self.cell_count} cells; at most {MAX_CELLS}")
+            blocks = f" × {len(self.blocks)} block weights" if len(self.blocks) > 1 else ""
+            raise SweepError(f"{len(self.ratios)} ratios{blocks} × {len(self.cfgs)} CFG scales × "
+                             f"{len(self.unconds)} uncond settings = {self.cell_count} cells; at most {MAX_CELLS}")
 
     @property
     def cell_count(self) -> int:
-        return len(self.ratios) * len(self.cfgs) * len(self.unconds)
+        return len(self.rows) * len(self.cfgs) * len(self.unconds)
+
+    @property
+    def rows(self) -> list[tuple[float, str | None]]:
+        """(ratio, block weights) per grid row: ratio outermost."""
+        return [(ratio, blocks) for ratio in self.ratios for blocks in self.blocks]
 
     @property
     def columns(self) -> list[tuple[float | None, float]]:
@@ -175,12 +209,13 @@ class SweepPlan:
 
     def cells(self) -> list[SweepCell]:
         """In generation order: ratio outermost (so a ratio is written once), then uncond, then CFG."""
-        return [SweepCell(row, column, ratio, cfg, uncond)
-                for row, ratio in enumerate(self.ratios)
+        return [SweepCell(row, column, ratio, cfg, uncond, blocks)
+                for row, (ratio, blocks) in enumerate(self.rows)
                 for column, (uncond, cfg) in enumerate(self.columns)]
 
     def row_labels(self) -> list[str]:
-        return [f"Merge ratio {ratio:g}" for ratio in self.ratios]
+        return [f"Merge ratio {ratio:g}" + ("" if blocks is None else f", blocks {blocks}")
+                for ratio, blocks in self.rows]
 
     def column_labels(self) -> list[list[str]]:
         """One or two lines per column: the CFG scale, and the uncond when several are compared."""
@@ -195,5 +230,6 @@ class SweepPlan:
         return labels
 
 
-def plan_sweep(ratios: str, cfgs: str, unconds: str) -> SweepPlan:
-    return SweepPlan(tuple(parse_ratios(ratios)), tuple(parse_cfgs(cfgs)), tuple(parse_unconds(unconds)))
+def plan_sweep(ratios: str, cfgs: str, unconds: str, blocks: str = "") -> SweepPlan:
+    return SweepPlan(tuple(parse_ratios(ratios)), tuple(parse_cfgs(cfgs)), tuple(parse_unconds(unconds)),
+                     tuple(parse_blocks_list(blocks)))

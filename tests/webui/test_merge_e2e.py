@@ -504,7 +504,7 @@ def gallery_file(entry) -> str:
 def test_the_tab_run_and_save_buttons(merge_pair):
     p = merge_pair
     values = ["Loaded model", p.b_title, "None", "Weighted sum", "0, 1", p.te_choice, "7", "default",
-              "a lighthouse at dusk", "", 1234, 4, 64, 64, "Euler", "Automatic"]
+              "a lighthouse at dusk", "", 1234, 4, 64, 64, "Euler", "Automatic", ""]
     gallery, info = gradio_call(p.webui, "uncond_lab_tab_run", ["task(uncondlab-e2e-run)", *values])
     assert "2 of 2 cells" in info, info
     files = [gallery_file(entry) for entry in gallery]
@@ -517,7 +517,7 @@ def test_the_tab_run_and_save_buttons(merge_pair):
     assert p.pictures() == p.alone[("A", 7.0)]
 
     saved, status = gradio_call(p.webui, "uncond_lab_tab_save",
-                                ["task(uncondlab-e2e-save)", 0.5, "tab save test", *values])
+                                ["task(uncondlab-e2e-save)", 0.5, "tab save test", *values, ""])
     assert "Time taken" in status
     path = re.search(r"Saved (.+?\.safetensors)", saved).group(1)
     try:
@@ -566,8 +566,9 @@ def test_the_probe_tab_sweeps_the_merge_ratio(merge_pair):
     p = merge_pair
     probe_settings = ["a lighthouse", str(random.randrange(1 << 30)), 4, 7, 128, "prediction"]
     merge = [p.b_title, "Weighted sum", "None", p.te_choice, "0, 1"]
-    summary, levels, sweep_plot, table, files, error = gradio_call(p.webui, "uncond_lab_probe_run",
-                                                                    probe_settings + merge)
+    no_shelf = [[], "Model default", 3.0]  # no checkpoint list; the Prediction and RF shift controls
+    summary, levels, sweep_plot, table, files, error, _bars = gradio_call(p.webui, "uncond_lab_probe_run",
+                                                                          probe_settings + merge + no_shelf)
     assert error == "" and "Score by merge ratio" in summary and "r=0:" in summary and "r=1:" in summary
     assert len(files) == 2 and sweep_plot["visible"] is True
     assert [row[0] for row in table["data"]] == [0, 1]
@@ -579,7 +580,7 @@ def test_the_probe_tab_sweeps_the_merge_ratio(merge_pair):
     assert any(score != float(f"{score:.4g}") for score in scores)
     assert [float(f"{score:.4g}") for score in scores] == [row[1] for row in table["data"]]
     plain = gradio_call(p.webui, "uncond_lab_probe_run", probe_settings + ["None", "Weighted sum", "None", "follow",
-                                                                           "0, 1"])
+                                                                           "0, 1"] + no_shelf)
     assert "**Score " in plain[0] and plain[5] == ""
     assert p.pictures() == p.alone[("A", 7.0)]
 
