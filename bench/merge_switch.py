@@ -62,6 +62,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lib_ext.merge import InPlaceMerge, MergeRecipe  # noqa: E402
+from bench.merge_memory import rss_anon  # noqa: E402  (one reader of /proc/<pid>/status for both benches)
 from lib_ext.merge.blocks import unet_slot  # noqa: E402
 
 UNET = "model.diffusion_model."
@@ -184,8 +185,7 @@ class PeakMemory:
     @staticmethod
     def rss() -> int:
         """This process's anonymous resident memory (not the file pages it maps)."""
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("RssAnon:"))
+        return rss_anon(os.getpid())
 
     def __enter__(self):
         if self.device.type == "cuda":
