@@ -105,3 +105,17 @@ def test_a_weight_hidden_behind_a_wrapper_is_patched_under_both_names():
     out = with_wrapped_aliases(tensors, live)
     assert set(out) == live and out["clip_l.transformer.text_model.embeddings.token_embedding.wrapped.weight"] is token
     assert with_wrapped_aliases(tensors, set(tensors)) == tensors  # no wrapper: unchanged
+
+
+def test_patches_made_in_a_generation_serve_a_probe_outside_inference_mode(paths):
+    """reForge patches under inference_mode (a generation) and under no_grad only (a probe, the sweep route): the
+    reused cast buffers must serve both, in either order (found in reForge: a probe of a merge after a merged
+    generation failed with 'Inplace update to inference tensor outside InferenceMode')."""
+    live = {k: v.to(torch.float16) for k, v in A.items() if classify_key(k) != "other"}
+    merge = PatchMerge(recipe(paths, "weighted_sum"))
+    with torch.inference_mode():
+        in_generation = patched_model(merge, 0.5, live)
+    outside = patched_model(merge, 0.5, live)
+    for key, value in in_generation.items():
+        assert_bits_equal(outside[key], value, key)
+    merge.close()

@@ -73,7 +73,9 @@ class CastBuffers:
     def take(self, role: str, shape: torch.Size, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         numel = math.prod(shape)
         buffer = self._buffers.get((role, device, dtype))
-        if buffer is None or buffer.numel() < numel:
+        # A buffer made under inference_mode (a generation) cannot be written outside it (a probe, a sweep route).
+        stale = buffer is not None and buffer.is_inference() and not torch.is_inference_mode_enabled()
+        if buffer is None or buffer.numel() < numel or stale:
             buffer = self._buffers[(role, device, dtype)] = torch.empty(max(numel, 1), device=device, dtype=dtype)
         return buffer[:numel].view(shape)
 
