@@ -1,4 +1,4 @@
-"""Block-weighted merges (merge_blocks) in a real WebUI: A1111 1.10 (SD1.5 and SDXL pairs) and reForge (SD1.5).
+"""Block-weighted merges (merge_blocks) in a real WebUI: A1111 1.10 and reForge, SD1.5 and SDXL pairs.
 
 Oracles: the plain merge at ratio r (a flat vector r must give its pictures, pixel for pixel), a checkpoint merged
 key by key in this test (not by the engine) and loaded by the WebUI, and model A's pictures after every plot,
@@ -11,11 +11,13 @@ import base64
 import os
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
 from lib_ext.settings import Settings
 from tests.webui.client import ApiError, b64_png
+from tests.webui.tiny_models import write_safetensors
 from tests.webui.test_merge_e2e import (SWEEP, XYZ, Log, merge_pair, pair, pictures, rgb,  # noqa: F401 (fixtures)
                                        xyz_args)
 
@@ -23,7 +25,6 @@ UNET = "model.diffusion_model."
 # The block each pair's X/Y/Z test sweeps, and the vector length of its UNet.
 SWEPT = {"sd15": "IN01", "sdxl": "IN04"}
 VECTOR = {"sd15": 6, "sdxl": 20}
-REFERENCE_LIMIT = 1 << 30  # bytes of model A's file, for the test that writes a float32 reference merge
 
 
 def slot_of(key: str) -> str:
@@ -71,7 +72,7 @@ def test_sparse_blocks_equal_a_checkpoint_merged_key_by_key_in_this_test(merge_p
     else (the checkpoint's VAE follows the UNet ratio; the text encoders too unless the pair fixes theirs) at
     0.25; loaded by the WebUI itself."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
     p = merge_pair
     blocks = f"IN00-{SWEPT[p.kind]}=1, M00=0.5, OUT=0"
     values = {"M00": 0.5}
@@ -94,21 +95,25 @@ def test_sparse_blocks_equal_a_checkpoint_merged_key_by_key_in_this_test(merge_p
         return None  # other keys: A's
 
     path_a, path_b = checkpoint_path(p.webui, p.a), checkpoint_path(p.webui, p.b)
-    if os.path.getsize(path_a) > REFERENCE_LIMIT:
-        pytest.skip(f"{p.a} is {os.path.getsize(path_a) / 1e9:.1f} GB: its float32 reference merge (twice that) and "
-                    "both inputs would not fit beside the WebUI on the test machine")
-    a, b = load_file(path_a), load_file(path_b)
-    merged = {}
-    for key, tensor in a.items():
-        r = ratio(key)
-        merged[key] = tensor if r is None or not tensor.is_floating_point() else \
-            torch.lerp(tensor.float(), b[key].float(), r)
-    del a, b
     stem = f"uncondlab-test-blocks-{p.kind}"
     folder = os.path.dirname(path_a)
     target = os.path.join(folder, stem + ".safetensors")
-    save_file(merged, target)
-    del merged
+    # One key at a time (the SDXL reference is 7 GB in float32): read from both files, merged, written.
+    with safe_open(path_a, "pt") as file_a, safe_open(path_b, "pt") as file_b:
+        def merged(key: str):
+            tensor, r = file_a.get_tensor(key), ratio(key)
+            if r is None or not tensor.is_floating_point():
+                return tensor
+            return torch.lerp(tensor.float(), file_b.get_tensor(key).float(), r)
+
+        layout = {}
+        for key in file_a.keys():
+            stored = file_a.get_slice(key)
+            dtype = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+                     "I64": torch.int64}[stored.get_dtype()]
+            layout[key] = (tuple(stored.get_shape()),
+                           torch.float32 if ratio(key) is not None and dtype.is_floating_point else dtype)
+        write_safetensors(layout, merged, Path(target), {})
     yaml_a = os.path.splitext(os.path.realpath(path_a))[0] + ".yaml"
     if os.path.isfile(yaml_a):
         shutil.copyfile(yaml_a, os.path.join(folder, stem + ".yaml"))
