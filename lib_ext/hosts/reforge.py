@@ -9,6 +9,7 @@ import uuid
 import torch
 from ldm_patched.modules import model_management
 from ldm_patched.modules import model_sampling as ldm_model_sampling
+from ldm_patched.modules.model_patcher import get_key_weight
 from ldm_patched.modules.model_sampling import CONST
 from ldm_patched.modules.weight_adapter import WeightAdapterBase
 from modules import sd_models, sd_samplers_common, sd_samplers_kdiffusion, shared
@@ -310,6 +311,7 @@ class _PatchSession:
         self.model_config = sd_model.forge_objects.unet.model.model_config
         self._adapters: dict[str, dict] = {}
         self._uuids: dict[tuple, uuid.UUID] = {}
+        self._sets: dict[uuid.UUID, tuple] = {}  # the other way round: (base uuid, group, ratios) of our ids
         _log(f"Uncond Lab: merge prepared in {time.perf_counter() - start:.2f} s (groups "
              f"{', '.join(self.merge.groups)}; read from the memory-mapped files when reForge patches the weights)")
 
@@ -336,8 +338,18 @@ class _PatchSession:
         key = (base_uuid, group, ratios)
         if key not in self._uuids:
             self._uuids[key] = uuid.uuid4()
+            self._sets[self._uuids[key]] = key
             PATCHES.our_uuids.add(self._uuids[key])
         return self._uuids[key]
+
+    def unet_state(self, patches_uuid) -> tuple | None:
+        """(base patch-set id, {block slot: ratio}) of the UNet weights a patch-set id stands for: one of ours,
+        or any other id as a base with no merge (all 0); None for no id (weights not patched) or another group."""
+        if patches_uuid is None:
+            return None
+        base, group, ratios = self._sets.get(patches_uuid, (patches_uuid, "unet", ()))
+        return (base, {part: dict(ratios).get(part, 0.0) for part in self.merge.parts_of("unet")}) \
+            if group == "unet" else None
 
     def close(self) -> None:
         self.merge.close()
@@ -381,6 +393,42 @@ def _patched_clone(session: _PatchSession, base, group: str, ratios: dict):
                                                 tuple(sorted(ratios.items())))
     setattr(clone, CLONE_MARK, True)
     return clone
+
+
+def _rewrite_changed_blocks(session: _PatchSession, unet) -> None:
+    """Go from the UNet patch set reForge has loaded to the one `unet` carries by rewriting only the blocks whose
+    ratio differs (an X/Y/Z cell to the next, over one block), when both are this merge's on the same base (the
+    same LoRAs) and the model is fully loaded. reForge itself compares one patch-set id and, when it changed,
+    restores and re-patches every patched weight of the UNet. Each rewritten weight is made as reForge makes it:
+    A from its backup, then every patch of the key (ours first, a LoRA's after); then reForge is told that this
+    set is loaded, so it keeps the weights as they are (its path for a repeated generation)."""
+    if not torch.is_inference_mode_enabled():
+        return  # a probe or the sweep route: the weights may be a generation's inference tensors, not writable here
+    model = unet.model
+    loaded, wanted = model.current_weight_patches_uuid, unet.patches_uuid
+    if loaded == wanted or getattr(model, "model_lowvram", True) or not getattr(model, "model_loaded_weight_memory", 0):
+        return
+    before, after = session.unet_state(loaded), session.unet_state(wanted)
+    if before is None or after is None or before[0] != after[0]:
+        return  # another base (a LoRA changed) or nothing loaded: reForge re-patches everything
+    start = time.perf_counter()
+    changed = [part for part, ratio in after[1].items() if before[1][part] != ratio]
+    adapters = session.adapters("unet", unet)
+    count, nbytes = 0, 0
+    with torch.no_grad():
+        for part in changed:
+            for key in adapters.get(part, ()):
+                if key not in unet.backup and key not in unet.patches:
+                    continue  # never patched, not patched now: A's weight, untouched
+                weight = get_key_weight(model, key)[0]
+                if key in unet.backup:
+                    weight.copy_(unet.backup[key].weight)
+                unet.patch_weight_to_device(key, device_to=weight.device)
+                count, nbytes = count + 1, nbytes + weight.numel() * weight.element_size()
+    model.current_weight_patches_uuid = wanted
+    _log(f"Uncond Lab: merge blocks {', '.join(changed) or 'none'} rewritten in place in "
+         f"{time.perf_counter() - start:.2f} s ({count} weights, {nbytes / 1e6:.1f} MB written; reForge keeps the "
+         "rest of the UNet as patched)")
 
 
 def _reset_objects(sd_model) -> None:
@@ -489,6 +537,8 @@ def merge_sampling(p) -> None:
     again (the hires pass encodes its conds after this reset)."""
     _assign(p, ("unet", "vae", "clip"))
     _log_notes(p)
+    if PATCHES.session is not None and getattr(p, "uncond_lab_merge", None) is not None:
+        _rewrite_changed_blocks(PATCHES.session, p.sd_model.forge_objects.unet)
 
 
 def merge_done(p) -> None:
