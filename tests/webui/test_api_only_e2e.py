@@ -1,6 +1,6 @@
 """A WebUI started with --nowebui (API only): it never builds the UI, and calls `on_before_ui` only after its API
 has set up the scripts, so axes registered there would be missing from the X/Y/Z plot (issue 10). Uncond Lab's
-seven axes must be listed by /sdapi/v1/script-info and work by index, as an API client uses them.
+eight axes must be listed by /sdapi/v1/script-info and work by index, as an API client uses them.
 
 Starts its own WebUI (the `api_only_webui` fixture, from WEBUI_DIR) on the SD1.5 pair, which both WebUIs load.
 """
@@ -9,7 +9,8 @@ from __future__ import annotations
 from tests.webui.test_merge_e2e import CFGS, PAIRS, XYZ, cells_by, pictures, title_of, xyz_args
 
 AXES = ["[Uncond Lab] Zero weight", "[Uncond Lab] Start", "[Uncond Lab] End", "[Uncond Lab] RF shift",
-        "[Uncond Lab] Merge ratio", "[Uncond Lab] Merge TE ratio", "[Uncond Lab] Merge partner"]
+        "[Uncond Lab] Merge ratio", "[Uncond Lab] Merge TE ratio", "[Uncond Lab] Merge partner",
+        "[Uncond Lab] Merge blocks"]
 
 
 def test_script_info_lists_every_axis_once(api_only_webui):
