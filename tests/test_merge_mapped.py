@@ -77,6 +77,34 @@ def test_auto_on_cpu_is_mapped(paths):
         assert merge.placement_used == "mapped"
 
 
+@pytest.mark.parametrize("placement", ["device", "cpu"])
+def test_resident_copies_without_room_read_the_files_instead(paths, placement, monkeypatch):
+    """Resident copies asked for on a machine without room for them (an SDXL pair in float32 on 24 GB killed A1111
+    for memory): mapped instead, with the reason, the same weights as resident copies where they fit."""
+    roomy = live_model()
+    with InPlaceMerge(recipe(paths, "weighted_sum"), roomy, placement=placement) as merge:
+        assert (merge.placement_used, merge.placement_note) == (placement, None)
+        need = merge.estimate().resident_bytes
+        merge.apply(0.3)
+        expected = values(roomy)
+    monkeypatch.setattr("lib_ext.merge.inplace.available_ram_bytes", lambda: need - 1)
+    cramped = live_model()
+    with InPlaceMerge(recipe(paths, "weighted_sum"), cramped, placement=placement) as merge:
+        assert merge.placement_used == "mapped" and merge.resident_bytes() == 0
+        assert merge.placement_note.startswith("resident copies need ") and "of RAM is free" in merge.placement_note
+        merge.apply(0.3)
+        assert_same(values(cramped), expected)
+    assert_same(values(cramped), A)
+
+
+def test_available_ram_is_memavailable_less_the_reserve(tmp_path):
+    from lib_ext.merge.inplace import RAM_RESERVE, available_ram_bytes
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24683836 kB\nMemFree:         1510000 kB\nMemAvailable:    6736000 kB\n")
+    assert available_ram_bytes(str(meminfo)) == 6736000 * 1024 - RAM_RESERVE
+    assert available_ram_bytes(str(tmp_path / "absent")) is None
+
+
 @pytest.mark.parametrize("base", ["live", "file"])
 def test_weights_that_differ_from_the_file_are_kept(paths, base):
     """A live weight that is not A's file value (a baked-in LoRA): only it is kept in RAM, and restore puts it

@@ -259,5 +259,5 @@ def merge_status() -> dict:
     return {"applied": session.merge.applied, "applied_parts": session.merge.applied_parts,
             "last_write": {"tensors": session.merge.last_write.tensors, "bytes": session.merge.last_write.bytes},
             "resident_bytes": session.merge.resident_bytes(),
-            "placement": session.merge.placement_used,
+            "placement": session.merge.placement_used, "placement_note": session.merge.placement_note,
             "recipe": session.merge.recipe.to_dict()}

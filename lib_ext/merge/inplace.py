@@ -22,6 +22,9 @@ Where A and B come from at a switch (`placement`):
               live value is A's file value after that cast, and keeps a copy (in RAM) only of the weights where
               it is not (a baked-in LoRA, an override): `resident_bytes()` says how much that was.
     "auto"    "device" when the live tensors are on a GPU with room for the copies, else "mapped".
+"device" or "cpu" whose copies would not fit (RAM: MemAvailable less RAM_RESERVE; GPU: free less the device
+reserve) falls back to "mapped" and says why in `placement_note`: the same weights, instead of the process being
+killed for memory.
 The values written are the same whatever the placement, bit for bit (same operands, same kernels, same device).
 
 Resident copies, per merged parameter, in the compute dtype (the live dtype; float16 for float8 storage):
@@ -75,6 +78,7 @@ PLACEMENTS = ("auto", "device", "cpu", "mapped")
 BASES = ("live", "file")
 COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 DEFAULT_DEVICE_RESERVE = 2 * 1024 ** 3  # what placement="auto" leaves free on the device for inference
+RAM_RESERVE = 2 * 1024 ** 3  # what resident copies in RAM leave free for generating
 _DIRTY = object()  # a group's state while a pass writes it: neither the originals nor a known ratio
 
 
@@ -97,6 +101,19 @@ class MemoryEstimate:
     @property
     def total_bytes(self) -> int:
         return self.resident_bytes + self.staging_bytes
+
+
+def available_ram_bytes(meminfo: str = "/proc/meminfo") -> int | None:
+    """RAM the process may still take (the kernel's MemAvailable) less RAM_RESERVE for generating; None where the
+    system does not say (not Linux)."""
+    try:
+        with open(meminfo, encoding="ascii") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 - RAM_RESERVE
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def compute_dtype_for(live_dtype: torch.dtype) -> torch.dtype:
@@ -194,6 +211,7 @@ class InPlaceMerge:
             self._group_of_part.update((part, group) for part in parts)
         self._slots: dict[str, list[_Slot]] = {}
         self.placement_used: str | None = None  # what "auto" chose, once prepared
+        self.placement_note: str | None = None  # why resident copies asked for were not made (no room)
         # Mapped: cast buffers, kept from one switch to the next (at most CHUNK_ELEMENTS per role and dtype: 16 MiB
         # in float32); made again for every pass, they would pile up as freed blocks in glibc's per-thread arenas.
         self._scratch = CastBuffers()
@@ -246,6 +264,8 @@ class InPlaceMerge:
                                base=self.base, staged=staged)
 
     def _choose_placement(self, live: Mapping[str, torch.Tensor]) -> str:
+        if self.placement in ("device", "cpu"):
+            return self._resident_if_room(live)
         if self.placement != "auto":
             return self.placement
         on_device = [t for t in live.values() if t.device.type == "cuda"]
@@ -255,6 +275,24 @@ class InPlaceMerge:
                                base=self.base).resident_bytes
         free, _total = torch.cuda.mem_get_info(on_device[0].device)
         return "device" if need + self.device_reserve_bytes <= free else "mapped"
+
+    def _resident_if_room(self, live: Mapping[str, torch.Tensor]) -> str:
+        """The resident placement asked for, or "mapped" (same weights) when its copies would not fit: in RAM, the
+        process would be killed for memory (an SDXL pair in float32 on a 24 GB machine), not warned."""
+        self.placement_note = None
+        in_ram = self.placement == "cpu" or all(t.device.type == "cpu" for t in live.values())
+        if in_ram:
+            room = available_ram_bytes()
+        else:
+            device = next(t.device for t in live.values() if t.device.type == "cuda")
+            room = torch.cuda.mem_get_info(device)[0] - self.device_reserve_bytes
+        need = self.estimate().resident_bytes
+        if room is None or need <= room:
+            return self.placement
+        self.placement_note = (f"resident copies need {need / 1e9:.1f} GB, {max(room, 0) / 1e9:.1f} GB "
+                               f"{'of RAM' if in_ram else 'on the device'} is free: reading the memory-mapped "
+                               "files instead (same weights)")
+        return "mapped"
 
     # --- lifecycle ------------------------------------------------------------------------------------
 

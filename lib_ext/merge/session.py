@@ -173,8 +173,9 @@ class MergeSession:
         merge = self.merge
         held = f"{merge.resident_bytes() / 1e9:.2f} GB"
         if merge.placement_used == "mapped":
-            return (f"read from the memory-mapped files at each switch; {held} kept in RAM for weights that differ "
-                    "from model A's file")
+            note = f"{merge.placement_note}; " if merge.placement_note else ""
+            return (f"{note}read from the memory-mapped files at each switch; {held} kept in RAM for weights that "
+                    "differ from model A's file")
         return f"{held} of copies resident ({merge.placement_used})"
 
     def restore(self) -> list[MergeUpdate]:

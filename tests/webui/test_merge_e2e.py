@@ -196,6 +196,9 @@ def test_resident_copies_and_mapped_files_give_the_same_pictures(merge_pair):
                 p.webui.post("/sdapi/v1/options", {SOURCES_OPTION: sources})
                 found[sources] = p.pictures(p.merge(0.5))
                 status = p.webui.get("/uncond-lab/v1/merge-status")
+                if sources == "Resident copies" and status["placement_note"]:
+                    placement = "mapped"  # no room for copies of this pair here (SDXL on 24 GB): the files, said so
+                    assert "resident copies need" in log.text(), log.text()
                 assert status["placement"] == placement, status
                 assert (status["resident_bytes"] == 0) == (placement == "mapped"), status
         finally:
@@ -203,7 +206,7 @@ def test_resident_copies_and_mapped_files_give_the_same_pictures(merge_pair):
         half = found["Automatic"]
         assert found["Memory-mapped files"] == half and found["Resident copies"] == half
         assert "read from the memory-mapped files at each switch; 0.00 GB kept in RAM" in log.text(), log.text()
-        assert "of copies resident (device)" in log.text(), log.text()
+        assert "of copies resident (device)" in log.text() or "resident copies need" in log.text(), log.text()
     assert half not in (p.alone[("A", 7.0)], p.alone[("B", 7.0)])
     assert p.pictures() == p.alone[("A", 7.0)]
 
