@@ -179,10 +179,11 @@ class UncondRun:
         self.hook_seconds = 0.0  # time spent in uncond_for_call, for the benchmark
         self._last: tuple[float, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
 
-    def begin_batch(self, null_uncond: Cond | None, seconds: float = 0.0) -> None:
-        """te("") of this batch (None where no WebUI zeroing is possible) and the time its encoding took."""
+    def begin_batch(self, null_uncond: Cond | None, seconds: float = 0.0, encoded: bool = True) -> None:
+        """te("") of this batch (None where no WebUI zeroing is possible) and the time its encoding took (not
+        `encoded`: the host had it from an earlier batch with the same text encoders and settings)."""
         self.null_uncond = null_uncond
-        if null_uncond is not None:
+        if null_uncond is not None and encoded:
             self.text_encoder_calls += 1
             self.text_encoder_seconds += seconds
 

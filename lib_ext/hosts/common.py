@@ -18,6 +18,7 @@ from modules import devices, prompt_parser, scripts, sd_models, sd_samplers, sd_
 from lib_ext.flow import (RF_SCHEDULER_LABEL, RF_SCHEDULER_NAME, GenerationFacts, RfPlan, flow_scheduler, pass_value,
                           resolve_rf, rf_problems, rf_schedule_without_rf)
 from lib_ext.hosts import host
+from lib_ext.hosts.webui_state import cached_null_uncond
 from lib_ext.merge import MergeRecipe
 from lib_ext.merge.keys import VAE, classify_key
 from lib_ext.merge.recipe import RATIO_RANGE
@@ -150,8 +151,8 @@ def begin_batch(p) -> None:
         run.begin_batch(None)
         return
     started = time.perf_counter()
-    null_uncond = encode_null_uncond(p)
-    run.begin_batch(null_uncond, time.perf_counter() - started)
+    null_uncond, encoded = cached_null_uncond(p, encode_null_uncond)
+    run.begin_batch(null_uncond, time.perf_counter() - started, encoded=encoded)
 
 
 def begin_pass(p, x: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> None:

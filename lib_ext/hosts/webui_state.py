@@ -6,7 +6,10 @@ import contextlib
 
 from modules import call_queue, processing, shared
 
-COND_CACHE_NAMES = ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc")
+# The WebUI's own caches, and ours of te("") beside them: [key, cond] lists on the processing class, so that
+# dropping them (the text encoders' weights changed, which their key ignores) drops ours too.
+NULL_CACHE_NAME = "uncond_lab_cached_null"
+COND_CACHE_NAMES = ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc", NULL_CACHE_NAME)
 
 
 def drop_cached_conds(p=None) -> None:
@@ -20,6 +23,23 @@ def drop_cached_conds(p=None) -> None:
             cache = getattr(owner, name, None)
             if isinstance(cache, list) and cache:
                 cache[0] = None
+
+
+def cached_null_uncond(p, encode):
+    """(te(""), whether it was encoded now): the last batch's te("") when its key is this batch's, as the WebUI
+    reuses its conds (A processing.py:440-458: checkpoint, CLIP skip, LoRAs and other extra networks, size,
+    emphasis); else encode(p), kept for the next batch. On real-size SDXL text encoders on a CPU, encoding ""
+    costs about a second per generation."""
+    cache = getattr(processing.StableDiffusionProcessing, NULL_CACHE_NAME, None)
+    if cache is None:
+        cache = [None, None]
+        setattr(processing.StableDiffusionProcessing, NULL_CACHE_NAME, cache)
+    key = p.cached_params([""], 0, getattr(p, "extra_network_data", None))
+    if cache[0] is not None and cache[0] == key:
+        return cache[1], False
+    cache[0], cache[1] = None, encode(p)  # no key until the cond is there: a failed encoding leaves no entry
+    cache[0] = key
+    return cache[1], True
 
 
 @contextlib.contextmanager
