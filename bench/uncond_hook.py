@@ -10,7 +10,8 @@ own counters come from its "Uncond Lab stats" infotext entry (the option `uncond
 the run and restored afterwards).
 
 Last line: `enabled/disabled=X.XXX te_calls_per_batch=N te_calls_per_step=S hook_us_per_call=U` (goals: ratio
-≤ 1.02, one extra text-encoder call per batch, none per step). The line above it gives the share of a generation
+≤ 1.02, at most one extra text-encoder call per batch and none per step; te("") is kept while the WebUI's
+cond-cache key holds, so after the warm-up the runs measured here encode it 0 times). The line above it gives the share of a generation
 that Uncond Lab's own clock accounts for (te("") encoding + the hook), a cross-check when the machine is busy.
 """
 from __future__ import annotations
