@@ -281,11 +281,13 @@ class InPlaceMerge:
         process would be killed for memory (an SDXL pair in float32 on a 24 GB machine), not warned."""
         self.placement_note = None
         in_ram = self.placement == "cpu" or all(t.device.type == "cpu" for t in live.values())
+        on_cuda = [t.device for t in live.values() if t.device.type == "cuda"]
         if in_ram:
             room = available_ram_bytes()
+        elif on_cuda:
+            room = torch.cuda.mem_get_info(on_cuda[0])[0] - self.device_reserve_bytes
         else:
-            device = next(t.device for t in live.values() if t.device.type == "cuda")
-            room = torch.cuda.mem_get_info(device)[0] - self.device_reserve_bytes
+            room = None  # another accelerator: its free memory is not known here
         need = self.estimate().resident_bytes
         if room is None or need <= room:
             return self.placement
