@@ -277,7 +277,8 @@ def _restoring_model_sampling(run):
 # Each patched clone gets a patches_uuid that depends only on (the base patcher's patches, the ratios): when the
 # next X/Y/Z cell asks for the same ratios, reForge sees the weights already patched and does nothing, so a sweep
 # costs one weight update per distinct ratio. A per-block merge adds each UNet block's patches with that block's
-# ratio as their strength (no patch where it is 0); reForge re-patches the UNet when any block's ratio changed.
+# ratio as their strength (no patch where it is 0); when only some blocks' ratios changed, those blocks are
+# rewritten in place (_rewrite_changed_blocks) instead of reForge re-patching the whole UNet.
 
 UNET_PREFIX, UNET_PATCH_PREFIX, VAE_PREFIX = "model.diffusion_model.", "diffusion_model.", "first_stage_model."
 CLONE_MARK = "uncond_lab_merge_clone"
