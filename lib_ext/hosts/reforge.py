@@ -349,8 +349,10 @@ class _PatchSession:
         if patches_uuid is None:
             return None
         base, group, ratios = self._sets.get(patches_uuid, (patches_uuid, "unet", ()))
-        return (base, {part: dict(ratios).get(part, 0.0) for part in self.merge.parts_of("unet")}) \
-            if group == "unet" else None
+        if group != "unet":
+            return None
+        ratios = dict(ratios)
+        return base, {part: ratios.get(part, 0.0) for part in self.merge.parts_of("unet")}
 
     def close(self) -> None:
         self.merge.close()
