@@ -17,8 +17,14 @@ class Variant:
     overrides: dict[str, Any] | None  # Uncond Lab settings for it; None = the extension off (WebUI default)
 
 
-def compare_variants(settings: Settings) -> list[Variant]:
+WEBUI_UNCOND_LABELS = {"zero": "zeros", "text": 'te("")'}
+
+
+def compare_variants(settings: Settings, webui_uncond: str = "zero") -> list[Variant]:
     """WebUI default, null (w = 0), zero (w = 1) and the blend the user set (their weight and window).
+
+    `webui_uncond`: what the WebUI feeds an empty SDXL negative without us, "zero" (A1111, reForge, Forge Neo with
+    `sdxl_zero_neg`) or "text" (Forge Neo's default); the first column's label says which.
 
     The blend repeats null or zero when the user's weight is 0 or 1 over the whole range; it is still rendered so
     the grid keeps its shape (and the user sees that it is one of the two).
@@ -28,7 +34,7 @@ def compare_variants(settings: Settings) -> list[Variant]:
     else:
         blend = f"blend w = {settings.zero_weight:g} on [{settings.start:g}, {settings.end:g}]"
     return [
-        Variant("WebUI default", None),
+        Variant(f"WebUI default ({WEBUI_UNCOND_LABELS[webui_uncond]})", None),
         Variant("null uncond te(\"\") (w = 0)", {"zero_weight": 0.0, "start": 0.0, "end": 1.0}),
         Variant("zero uncond (w = 1)", {"zero_weight": 1.0, "start": 0.0, "end": 1.0}),
         Variant(blend, {"zero_weight": settings.zero_weight, "start": settings.start, "end": settings.end}),

@@ -33,3 +33,9 @@ def test_difference_map_amplifies_and_clips():
 def test_difference_map_refuses_different_sizes():
     with pytest.raises(ValueError, match="differ in size"):
         difference_map(torch.zeros(2, 2, 3, dtype=torch.uint8), torch.zeros(2, 3, 3, dtype=torch.uint8))
+
+
+def test_the_default_column_says_what_the_webui_feeds():
+    settings = Settings(enabled=True, compare=True)
+    assert compare_variants(settings)[0].label == "WebUI default (zeros)"  # A1111, reForge
+    assert compare_variants(settings, "text")[0].label == 'WebUI default (te(""))'  # Forge Neo's default

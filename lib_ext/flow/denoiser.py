@@ -10,7 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from k_diffusion.external import DiscreteSchedule
+
+try:
+    from k_diffusion.external import DiscreteSchedule
+except ImportError:  # Forge Neo bundles a k-diffusion without it: Neo schedules flow through its own predictor
+    class DiscreteSchedule(torch.nn.Module):  # type: ignore[no-redef]
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("FlowDenoiser needs k-diffusion's DiscreteSchedule, which this k-diffusion lacks")
 
 from lib_ext.flow.schedule import DEFAULT_TIMESTEPS, flow_percent_to_sigma, flow_sigmas
 

@@ -1,19 +1,27 @@
 """The only package that imports WebUI code.
 
-`common` holds what A1111 1.10 and reForge share; `a1111` and `reforge` hold what differs, with the same
-function names, so reading the two files side by side shows every difference. `host` is the one for the
-running WebUI, chosen at import: A1111 keeps an extension's folder on `sys.path` only while its scripts are
-imported, so nothing here may be imported lazily later.
+`common` holds what the supported WebUIs share; `a1111`, `reforge` and `forge_neo` hold what differs, with the
+same names, so reading the files side by side shows every difference (`forge_patches` is the weight-patch merge
+that reForge and Forge Neo share). `host` is the one for the running WebUI, chosen at import by what the WebUI
+says it is (`detect.py`): A1111 keeps an extension's folder on `sys.path` only while its scripts are imported,
+so nothing here may be imported lazily later. On a WebUI Uncond Lab does not support, `host` is None, one line
+says why, and the scripts define nothing (`SUPPORTED` is False).
 """
-import importlib.util
+from lib_ext.hosts import detect
 
-IS_REFORGE = importlib.util.find_spec("modules_forge") is not None
+HOST = detect.detect()
+SUPPORTED = HOST.supported
+IS_REFORGE = HOST.kind == detect.REFORGE
+IS_FORGE_NEO = HOST.kind == detect.FORGE_NEO
 
-if IS_REFORGE:
+if HOST.kind == detect.REFORGE:
     from lib_ext.hosts import reforge as host
-else:
+elif HOST.kind == detect.FORGE_NEO:
+    from lib_ext.hosts import forge_neo as host
+elif HOST.kind == detect.A1111:
     from lib_ext.hosts import a1111 as host
+else:
+    host = None
+    print(HOST.unsupported_message(), flush=True)
 
-from lib_ext.hosts import common, ui  # noqa: E402  (after `host`: common uses it)
-
-__all__ = ["IS_REFORGE", "host", "common", "ui"]
+__all__ = ["HOST", "SUPPORTED", "IS_REFORGE", "IS_FORGE_NEO", "host"]

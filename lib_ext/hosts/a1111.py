@@ -11,6 +11,7 @@ from modules import devices, sd_models, sd_samplers_kdiffusion, sd_samplers_time
 
 from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, checked_flow_sigmas, flow_noise_as_ve_noise,
                           rf_sampler_policy, seeded_euler_ancestral_rf)
+from lib_ext.hosts.conditioner import is_dict_cond_model, text_pooled_width  # noqa: F401  (host API)
 from lib_ext.hosts.webui_state import drop_cached_conds
 from lib_ext.merge import MergeTargetError
 from lib_ext.merge import live as merge_live
@@ -46,6 +47,21 @@ def percent_to_sigma(denoiser, percent: float) -> float:
         sigmas = _sigmas_from_alphas(denoiser.p.sd_model.alphas_cumprod)
     return discrete_percent_to_sigma(percent, sigmas)
 
+
+
+# --- the uncond --------------------------------------------------------------------------------------------
+
+def webui_uncond() -> str:
+    """What A1111 feeds SDXL for an empty negative: zeros (its `force_zero_negative_prompt`)."""
+    return "zero"
+
+
+def before_text_encoding(sd_model) -> None:
+    """Nothing: A1111 sets CLIP skip inside its text encoder call."""
+
+
+def sync_webui_caches(p) -> None:
+    """Nothing: A1111's cond cache key holds everything that changes its conds."""
 
 # --- probe -----------------------------------------------------------------------------------------------
 

@@ -70,35 +70,11 @@ def add_overrides(p, **values: Any) -> None:
 
 # --- te("") and the SDXL vector layout -------------------------------------------------------------------
 
-def is_dict_cond_model(sd_model) -> bool:
-    """SDXL-family models take {"crossattn", "vector"} conds; the WebUIs zero their empty negatives."""
-    return getattr(sd_model, "conditioner", None) is not None
-
-
-def text_pooled_width(sd_model) -> int:
-    """Width of the pooled text part at the start of SDXL's `vector` (1280 for SDXL base and refiner).
-
-    The conditioner concatenates its embedders' 2-D outputs in order; the text embedders come first and only
-    those with a text projection contribute (their pooled output). A1111 wraps the OpenCLIP embedder as
-    `.wrapped.model.text_projection`, reForge as `.wrapped.text_projection`.
-    """
-    width = 0
-    for embedder in getattr(sd_model.conditioner, "embedders", []):
-        if getattr(embedder, "input_key", None) != "txt":
-            continue
-        wrapped = getattr(embedder, "wrapped", embedder)
-        projection = getattr(wrapped, "text_projection", None)
-        if projection is None:
-            projection = getattr(getattr(wrapped, "model", None), "text_projection", None)
-        if projection is not None:
-            width += int(projection.shape[-1])
-    return width
-
-
 def encode_null_uncond(p) -> Cond:
     """te(""): the loaded model's own encoding of the empty prompt, with the text encoder as this batch has
     it (LoRA, TI, CLIP skip, emphasis). `is_negative_prompt` stays False, so the WebUI does not zero it."""
     text = prompt_parser.SdConditioning([""], width=p.width, height=p.height)
+    host.before_text_encoding(p.sd_model)
     with torch.no_grad(), devices.autocast():
         return p.sd_model.get_learned_conditioning(text)
 
@@ -111,6 +87,7 @@ def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
     independent: no UncondRun when the uncond control is off, whatever the merge and RF do."""
     setattr(p, RUN_ATTR, None)
     setattr(p, FLOW_ATTR, None)
+    host.sync_webui_caches(p)
     for key in (*INFOTEXT_KEYS, STATS_KEY, NOTE_KEY):
         p.extra_generation_params.pop(key, None)  # X/Y/Z cells and compare variants share this dict
     try:
@@ -127,7 +104,7 @@ def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
     p.extra_generation_params.update(settings.infotext(has_hires=has_hires, rf_ran=plan is not None))
     if not settings.enabled:
         return None
-    pooled_width = text_pooled_width(p.sd_model) if is_dict_cond_model(p.sd_model) else 0
+    pooled_width = host.text_pooled_width(p.sd_model) if host.is_dict_cond_model(p.sd_model) else 0
     run = UncondRun(settings, pooled_width)
     setattr(p, RUN_ATTR, run)
     notes = skipped_uncond_notes(p) if settings.controls_uncond(has_hires) else []
@@ -147,7 +124,7 @@ def begin_batch(p) -> None:
     run = current_run(p)
     if run is None:
         return
-    if not is_dict_cond_model(p.sd_model):  # SD1/SD2: the WebUIs never zero, te("") is never needed
+    if not host.is_dict_cond_model(p.sd_model):  # SD1/SD2: the WebUIs never zero, te("") is never needed
         run.begin_batch(None)
         return
     started = time.perf_counter()

@@ -12,7 +12,7 @@ from modules import images, processing, shared
 from PIL import Image
 
 from lib_ext.compare import compare_variants, difference_map, mean_abs_difference
-from lib_ext.hosts import common
+from lib_ext.hosts import common, host
 from lib_ext.settings import Settings
 
 log = logging.getLogger("uncond_lab")
@@ -47,7 +47,7 @@ def run_compare(p, processed, settings: Settings) -> None:
     """Render the other variants after the user's own (the blend) and put the labelled grid first."""
     if not processed.images:
         return
-    variants = compare_variants(settings)
+    variants = compare_variants(settings, host.webui_uncond())
     rendered: dict[str, tuple[Image.Image, str]] = {}
     shared.state.job_count += len(variants) - 1
     for variant in variants[:-1]:

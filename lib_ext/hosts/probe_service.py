@@ -24,6 +24,7 @@ MAX_ROWS_PER_CALL = 8  # latents per UNet call: 12 rows of a 1024² SDXL latent 
 
 def _encode(sd_model, text: str, width: int, height: int):
     """One encoding (batch 1) exactly as the WebUI encodes a prompt; never zeroed (not a negative prompt)."""
+    host.before_text_encoding(sd_model)
     with torch.no_grad(), devices.autocast():
         return sd_model.get_learned_conditioning(prompt_parser.SdConditioning([text], width=width, height=height))
 
@@ -100,7 +101,7 @@ class ProbeService:
         height, width = settings.latent_shape[-2] * 8, settings.latent_shape[-1] * 8
         cond = _encode(sd_model, settings.prompt, width, height)
         null = _encode(sd_model, "", width, height)
-        pooled_width = common.text_pooled_width(sd_model) if common.is_dict_cond_model(sd_model) else 0
+        pooled_width = host.text_pooled_width(sd_model) if host.is_dict_cond_model(sd_model) else 0
 
         def progress(done: int, total: int) -> None:
             shared.state.sampling_step, shared.state.sampling_steps = done, total

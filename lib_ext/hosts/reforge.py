@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
-import uuid
 
 import torch
 from ldm_patched.modules import model_management
@@ -17,9 +15,8 @@ from modules_forge import main_thread
 
 from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, checked_flow_sigmas, flow_noise_as_ve_noise,
                           rf_sampler_policy, seeded_euler_ancestral_rf)
-from lib_ext.hosts.webui_state import drop_cached_conds
-from lib_ext.merge import MergeTargetError
-from lib_ext.merge.patches import PatchMerge, with_wrapped_aliases
+from lib_ext.hosts.conditioner import is_dict_cond_model, text_pooled_width  # noqa: F401  (host API)
+from lib_ext.hosts.forge_patches import ForgePatchMerge
 from lib_ext.probe import flow_noising, ve_noising
 
 log = logging.getLogger("uncond_lab")
@@ -39,6 +36,21 @@ def percent_to_sigma(denoiser, percent: float) -> float:
     model_sampling = denoiser.p.sd_model.forge_objects.unet.get_model_object("model_sampling")
     return float(model_sampling.percent_to_sigma(percent))
 
+
+
+# --- the uncond --------------------------------------------------------------------------------------------
+
+def webui_uncond() -> str:
+    """What reForge feeds SDXL for an empty negative: zeros (its `force_zero_negative_prompt`)."""
+    return "zero"
+
+
+def before_text_encoding(sd_model) -> None:
+    """Nothing: reForge sets CLIP skip inside its text encoder call."""
+
+
+def sync_webui_caches(p) -> None:
+    """Nothing: reForge's cond cache key holds everything that changes its conds."""
 
 # --- probe -----------------------------------------------------------------------------------------------
 
@@ -268,301 +280,11 @@ def _restoring_model_sampling(run):
     return run_then_restore
 
 
-# --- merge: weight patches on clones of reForge's patchers (lib_ext/merge/patches.py) -----------------------
-# reForge resets `sd_model.forge_objects` from `forge_objects_after_applying_lora` at every batch and pass, and
-# puts the unpatched weights back itself whenever another patch set is loaded: the merge is undone per run and
-# a LoRA's patches stack on top of ours. What is kept between generations is one _PatchSession: the inputs,
-# memory-mapped, and a weight adapter per merged weight that computes the merge when reForge patches it (nothing
-# is read before, nothing resident after), dropped when a generation asks for no merge or the model changes.
-# Each patched clone gets a patches_uuid that depends only on (the base patcher's patches, the ratios): when the
-# next X/Y/Z cell asks for the same ratios, reForge sees the weights already patched and does nothing, so a sweep
-# costs one weight update per distinct ratio. A per-block merge adds each UNet block's patches with that block's
-# ratio as their strength (no patch where it is 0); when only some blocks' ratios changed, those blocks are
-# rewritten in place (_rewrite_changed_blocks) instead of reForge re-patching the whole UNet.
+# --- merge: weight patches on clones of reForge's patchers (lib_ext/hosts/forge_patches.py, shared with Neo) -----
 
-UNET_PREFIX, UNET_PATCH_PREFIX, VAE_PREFIX = "model.diffusion_model.", "diffusion_model.", "first_stage_model."
-CLONE_MARK = "uncond_lab_merge_clone"
 MERGE_SOURCES_OPTION = None  # no setting: the patches always read the mapped files
-
-
-def _log(line: str) -> None:
-    print(line, flush=True)
-
-
-class _MergeAdapter(WeightAdapterBase):
-    """A patch reForge asks for the patched weight (R ldm_patched/modules/lora.py calculate_weight): ours merges
-    its float32 working copy, the patch strength being the merge ratio."""
-    name = "uncond_lab_merge"
-
-    def __init__(self, patch):
-        self.patch, self.loaded_keys, self.weights = patch, set(), []
-
-    def calculate_weight(self, weight, key, strength, strength_model, offset, function,
-                         intermediate_dtype=torch.float32, original_weight=None):
-        return self.patch.merge_into(weight, strength)
-
-
-class _PatchSession:
-    """One merge on one loaded model: its mapped inputs, the adapters per part, and the patch-set ids."""
-
-    def __init__(self, key: tuple, recipe, sd_model):
-        self.key = key
-        start = time.perf_counter()
-        self.merge = PatchMerge(recipe)
-        self.model_config = sd_model.forge_objects.unet.model.model_config
-        self._adapters: dict[str, dict] = {}
-        self._uuids: dict[tuple, uuid.UUID] = {}
-        self._sets: dict[uuid.UUID, tuple] = {}  # the other way round: (base uuid, group, ratios) of our ids
-        _log(f"Uncond Lab: merge prepared in {time.perf_counter() - start:.2f} s (groups "
-             f"{', '.join(self.merge.groups)}; read from the memory-mapped files when reForge patches the weights)")
-
-    def adapters(self, group: str, patcher) -> dict[str, dict]:
-        """{merge part: {reForge key: adapter}} for a group, made once (the UNet's parts are its block slots):
-        its keys are reForge's own (its conversion for the text encoders: OpenCLIP's fused in_proj becomes q/k/v
-        slices, SDXL's text_projection is transposed), each weight merged in its own live dtype."""
-        if group not in self._adapters:
-            live = {key: tensor.dtype for key, tensor in patcher.model.state_dict().items()}
-            parts = self.merge.file_patches_by_part(group, live, self._conversion(group))
-            self._adapters[group] = {part: with_wrapped_aliases({k: _MergeAdapter(p) for k, p in patches.items()},
-                                                                live)
-                                     for part, patches in parts.items()}
-        return self._adapters[group]
-
-    def _conversion(self, group: str):
-        if group == "unet":
-            return lambda tensors: {UNET_PATCH_PREFIX + k[len(UNET_PREFIX):]: t for k, t in tensors.items()}
-        if group == "vae":
-            return lambda tensors: {k[len(VAE_PREFIX):]: t for k, t in tensors.items()}
-        return lambda tensors: self.model_config.process_clip_state_dict(dict(tensors))
-
-    def patch_set_id(self, base_uuid, group: str, ratios: tuple) -> uuid.UUID:
-        key = (base_uuid, group, ratios)
-        if key not in self._uuids:
-            self._uuids[key] = uuid.uuid4()
-            self._sets[self._uuids[key]] = key
-            PATCHES.our_uuids.add(self._uuids[key])
-        return self._uuids[key]
-
-    def unet_state(self, patches_uuid) -> tuple | None:
-        """(base patch-set id, {block slot: ratio}) of the UNet weights a patch-set id stands for: one of ours,
-        or any other id as a base with no merge (all 0); None for no id (weights not patched) or another group."""
-        if patches_uuid is None:
-            return None
-        base, group, ratios = self._sets.get(patches_uuid, (patches_uuid, "unet", ()))
-        if group != "unet":
-            return None
-        ratios = dict(ratios)
-        return base, {part: ratios.get(part, 0.0) for part in self.merge.parts_of("unet")}
-
-    def close(self) -> None:
-        self.merge.close()
-        self._adapters.clear()
-
-
-class _PatchState:
-    session: _PatchSession | None = None
-    our_uuids: set = set()  # every patch-set id we made (a few per ratio): tells our patches from others'
-
-
-PATCHES = _PatchState()  # module-level: the session outlives a generation (a sweep reuses it)
-
-
-def _patched_clone(session: _PatchSession, base, group: str, ratios: dict):
-    """A clone of `base` (UnetPatcher, CLIP or VAE) with the merge's patches first in each key's list, each part's
-    with its ratio as the strength ({part: ratio}: the UNet's block slots, or the group); None when no ratio needs
-    a patch (0: model A)."""
-    if all(ratio == 0.0 for ratio in ratios.values()):
-        return None
-    session.merge.check_unchanged()
-    clone = base.clone()
-    if hasattr(base, "patcher"):  # CLIP/VAE.clone() miss attributes added after them (VAE.disable_offload)
-        for name, value in vars(base).items():
-            if not hasattr(clone, name):
-                setattr(clone, name, value)
-    patcher = getattr(clone, "patcher", clone)
-    for part, entries in session.adapters(group, patcher).items():
-        ratio = ratios[part]
-        if ratio == 0.0:
-            continue
-        accepted = patcher.add_patches(entries, strength_patch=ratio, strength_model=1.0)
-        if group == "unet" and len(accepted) != len(entries):
-            missing = sorted(set(entries) - set(accepted))[:3]
-            raise MergeTargetError(f"reForge's UNet has no weight for {len(entries) - len(accepted)} merged keys, "
-                                   f"e.g. {missing}")
-        for key in accepted:  # ours first, so that a LoRA's patches apply on top of the merge
-            patches = patcher.patches[key]
-            patches.insert(0, patches.pop())
-    patcher.patches_uuid = session.patch_set_id(getattr(base, "patcher", base).patches_uuid, group,
-                                                tuple(sorted(ratios.items())))
-    setattr(clone, CLONE_MARK, True)
-    return clone
-
-
-def _rewrite_changed_blocks(session: _PatchSession, unet) -> None:
-    """Go from the UNet patch set reForge has loaded to the one `unet` carries by rewriting only the blocks whose
-    ratio differs (an X/Y/Z cell to the next, over one block), when both are this merge's on the same base (the
-    same LoRAs) and the model is fully loaded. reForge itself compares one patch-set id and, when it changed,
-    restores and re-patches every patched weight of the UNet. Each rewritten weight is made as reForge makes it:
-    A from its backup, then every patch of the key (ours first, a LoRA's after); then reForge is told that this
-    set is loaded, so it keeps the weights as they are (its path for a repeated generation)."""
-    if not torch.is_inference_mode_enabled():
-        return  # a probe or the sweep route: the weights may be a generation's inference tensors, not writable here
-    model = unet.model
-    loaded, wanted = model.current_weight_patches_uuid, unet.patches_uuid
-    if loaded == wanted or getattr(model, "model_lowvram", True) or not getattr(model, "model_loaded_weight_memory", 0):
-        return
-    before, after = session.unet_state(loaded), session.unet_state(wanted)
-    if before is None or after is None or before[0] != after[0]:
-        return  # another base (a LoRA changed) or nothing loaded: reForge re-patches everything
-    start = time.perf_counter()
-    changed = [part for part, ratio in after[1].items() if before[1][part] != ratio]
-    adapters = session.adapters("unet", unet)
-    count, nbytes = 0, 0
-    with torch.no_grad():
-        for part in changed:
-            for key in adapters.get(part, ()):
-                if key not in unet.backup and key not in unet.patches:
-                    continue  # never patched, not patched now: A's weight, untouched
-                weight = get_key_weight(model, key)[0]
-                if key in unet.backup:
-                    weight.copy_(unet.backup[key].weight)
-                unet.patch_weight_to_device(key, device_to=weight.device)
-                count, nbytes = count + 1, nbytes + weight.numel() * weight.element_size()
-    model.current_weight_patches_uuid = wanted
-    _log(f"Uncond Lab: merge blocks {', '.join(changed) or 'none'} rewritten in place in "
-         f"{time.perf_counter() - start:.2f} s ({count} weights, {nbytes / 1e6:.1f} MB written; reForge keeps the "
-         "rest of the UNet as patched)")
-
-
-def _reset_objects(sd_model) -> None:
-    """Drop our clones left on `forge_objects` by the last generation (reForge only resets at the next batch)."""
-    objects = getattr(sd_model, "forge_objects", None)
-    if objects is not None and any(getattr(getattr(objects, name, None), CLONE_MARK, False)
-                                   for name in ("unet", "clip", "vae")):
-        sd_model.forge_objects = sd_model.forge_objects_after_applying_lora.shallow_copy()
-
-
-GROUP_OF_PART = {"unet": "unet", "clip": "te", "vae": "vae"}
-PART_LABELS = {"unet": "UNet", "clip": "text encoders", "vae": "VAE"}
-NOTES_ATTR = "uncond_lab_merge_notes"  # what this generation changes in the weights, logged once per pass
-
-
-def _assign(p, names: tuple[str, ...], resolved=None) -> None:
-    """Put the merge's clones of these parts on `p.sd_model.forge_objects` (the ones in place are the bases),
-    and note on `p` which parts reForge will (re)patch or unpatch when it next loads them."""
-    resolved = resolved or getattr(p, "uncond_lab_merge", None)
-    session = PATCHES.session
-    active = resolved is not None and session is not None and session.key == resolved.key
-    ratios = session.merge.part_ratios(resolved.recipe) if active else {}
-    objects = p.sd_model.forge_objects
-    notes = getattr(p, NOTES_ATTR, None)
-    for name in names:
-        part = getattr(objects, name, None)
-        if part is None:
-            continue
-        group = GROUP_OF_PART[name]
-        if active and group in session.merge.groups and not getattr(part, CLONE_MARK, False):
-            clone = _patched_clone(session, part, group, _parts_of(session, group, ratios))
-            if clone is not None:
-                setattr(objects, name, clone)
-                part = clone
-        patcher = getattr(part, "patcher", part)
-        loaded = patcher.model.current_weight_patches_uuid
-        if notes is None or loaded == patcher.patches_uuid:
-            continue
-        if getattr(part, CLONE_MARK, False):
-            values = set(_parts_of(session, group, ratios).values())
-            notes.setdefault("applied", {})[name] = values.pop() if len(values) == 1 else "per block"
-        elif loaded in PATCHES.our_uuids:
-            notes.setdefault("restored", {})[name] = None
-
-
-def _parts_of(session: _PatchSession, group: str, ratios: dict) -> dict:
-    """{part: ratio} of one group (the UNet's block slots, or the group itself)."""
-    return {part: ratios[part] for part in session.merge.parts_of(group)}
-
-
-def _log_notes(p) -> None:
-    notes = getattr(p, NOTES_ATTR, None)
-    if not notes:
-        return
-    resolved = getattr(p, "uncond_lab_merge", None)
-    if notes.get("applied"):
-        parts = ", ".join(f"{PART_LABELS[n]} {r if isinstance(r, str) else format(r, 'g')}"
-                          for n, r in notes["applied"].items())
-        blocks = f", blocks {resolved.recipe.blocks}" if resolved.recipe.blocks else ""
-        _log(f"Uncond Lab: merge ratio {resolved.recipe.unet_ratio:g}{blocks} applied as reForge weight patches "
-             f"({parts})")
-    if notes.get("restored"):
-        parts = ", ".join(PART_LABELS[n] for n in notes["restored"])
-        _log(f"Uncond Lab: merge restored: reForge unpatches the weights ({parts})")
-    notes.clear()
-
-
-_COND_STATE = {"te": None}  # the text-encoder merge the WebUI's cached conds were computed with
-
-
-def _note_text_encoder_state(p, state) -> None:
-    """Drop the WebUI's cached conds (their key ignores weights) when the text encoders' merge changed."""
-    if _COND_STATE["te"] == state:
-        return
-    _COND_STATE["te"] = state
-    drop_cached_conds(p)
-
-
-def sync_merge(p, resolved) -> None:
-    """process(): prepare this generation's differences (or drop them); the patches go on in the hooks below."""
-    setattr(p, NOTES_ATTR, {})
-    _reset_objects(p.sd_model)
-    if resolved is None:
-        release_merge()
-        return
-    if PATCHES.session is None or PATCHES.session.key != resolved.key:
-        release_merge()
-        PATCHES.session = _PatchSession(resolved.key, resolved.recipe, p.sd_model)
-    PATCHES.session.merge.part_ratios(resolved.recipe)  # per-block ratios that do not fit: refused here (422)
-    _assign(p, ("vae",), resolved)  # img2img encodes its init image in p.init(), before any batch
-
-
-def merge_batch(p) -> None:
-    """process_batch (after the batch's forge_objects reset, before the conds): the text encoders' patches."""
-    resolved = getattr(p, "uncond_lab_merge", None)
-    te_state = None
-    if resolved is not None and PATCHES.session is not None and "te" in PATCHES.session.merge.groups:
-        ratio = resolved.recipe.group_ratios()["te"]
-        te_state = None if ratio == 0.0 else (resolved.key, ratio)
-    _note_text_encoder_state(p, te_state)
-    _assign(p, ("clip",))
-
-
-def merge_sampling(p) -> None:
-    """process_before_every_sampling (after reForge's reset for this pass): UNet, VAE, and the text encoders
-    again (the hires pass encodes its conds after this reset)."""
-    _assign(p, ("unet", "vae", "clip"))
-    _log_notes(p)
-    if PATCHES.session is not None and getattr(p, "uncond_lab_merge", None) is not None:
-        _rewrite_changed_blocks(PATCHES.session, p.sd_model.forge_objects.unet)
-
-
-def merge_done(p) -> None:
-    """postprocess: put reForge's own objects back (skipped after an error: the next process() does it)."""
-    _reset_objects(p.sd_model)
-
-
-def release_merge() -> None:
-    session, PATCHES.session = PATCHES.session, None
-    if session is not None:
-        session.close()
-        _log("Uncond Lab: merge released (reForge restores the weights when it next loads the model)")
-
-
-def merge_model_loaded(sd_model) -> None:
-    release_merge()
-
-
-def merge_status() -> dict:
-    session = PATCHES.session
-    if session is None:
-        return {"applied": {}, "resident_bytes": 0}
-    return {"applied": {}, "resident_bytes": 0, "placement": "mapped",
-            "recipe": session.merge.recipe.to_dict()}
+MERGE = ForgePatchMerge("reForge", WeightAdapterBase, get_key_weight,
+                        model_config_of=lambda unet: unet.model.model_config)
+sync_merge, merge_batch, merge_sampling, merge_done = (MERGE.sync_merge, MERGE.merge_batch, MERGE.merge_sampling,
+                                                       MERGE.merge_done)
+release_merge, merge_model_loaded, merge_status = MERGE.release_merge, MERGE.merge_model_loaded, MERGE.merge_status

@@ -34,7 +34,7 @@ def cached_null_uncond(p, encode):
     if cache is None:
         cache = [None, None]
         setattr(processing.StableDiffusionProcessing, NULL_CACHE_NAME, cache)
-    key = p.cached_params([""], 0, getattr(p, "extra_network_data", None))
+    key = p.cached_params([""], 0, getattr(p, "extra_network_data", None), None)  # Neo's hires_steps has no default
     if cache[0] is not None and cache[0] == key:
         return cache[1], False
     cache[0], cache[1] = None, encode(p)  # no key until the cond is there: a failed encoding leaves no entry

@@ -4,7 +4,7 @@ Writes `<name>.safetensors` with the key names and layouts of real checkpoints, 
 it reads next to a checkpoint, plus the local folders that yaml points to, so that nothing is fetched from a hub:
 
     python -m tests.webui.tiny_models --out DIR --kind sdxl --seed 1 --name uncondlab-vega-sdxl-a \
-        [--zero-text-encoder] [--metadata KEY=VALUE ...] [--small]
+        [--zero-text-encoder] [--metadata KEY=VALUE ...] [--small | --base]
 
 Layouts (A1111 1.10 names; `P` = the prefix of the part):
 - sd15: `model.diffusion_model.*` (ldm UNet, 320 channels, one level: reForge's SD1.5 detection needs 320
@@ -24,6 +24,9 @@ Layouts (A1111 1.10 names; `P` = the prefix of the part):
   `transformer_depth: [0, 1, 2]`, `transformer_depth_middle: 2`. About 1.65 B parameters, 3.3 GB in fp16.
   As in real SDXL: vector = [pooled (1280) | original_size (512) | crop_coords (512) | target_size (512)] = 2816,
   so `vector[:, :1280]` is the pooled text part; crossattn = [CLIP-L hidden | OpenCLIP penultimate] = 768 + 1280.
+  `--base` is SDXL base's UNet (input depths [0, 0, 2, 2, 10, 10], middle 10; 2.57 B parameters, 6.9 GB with the
+  text encoders and VAE in fp16): Forge Neo recognises SDXL only by base's input depths (no Vega entry), and
+  A1111's sgm UNet builds output blocks as deep as the input ones, so it is the one SDXL file all three load.
   `--small` is the old tiny SDXL (text encoders 64 wide, 32-channel UNet with the real block names; A1111 only):
   open_clip knows no architecture that small, so its yaml names it `hf-hub:uncondlab/...`, a model folder this
   script writes into the local Hugging Face cache (`--hf-cache`, default: where huggingface_hub looks, honouring
@@ -145,20 +148,20 @@ TINY_CLIP_L = ClipTextSize(hidden=64, layers=2, heads=2, intermediate=256)
 TINY_OPEN_CLIP = OpenClipTextSize(width=64, layers=2, heads=2, embed_dim=1280)
 SDXL_ADM_CHANNELS = 1280 + 3 * 512  # pooled + 3 ConcatTimestepEmbedderND(outdim=256)
 
-SIZES: Dict[Tuple[str, bool], ModelSize] = {
-    ("sd15", False): ModelSize(
+SIZES: Dict[Tuple[str, str], ModelSize] = {
+    ("sd15", "default"): ModelSize(
         kind="sd15",
         unet=UnetSize(model_channels=320, channel_mult=(1,), num_res_blocks=1, transformer_depth=(1,),
                       transformer_depth_middle=1, context_dim=768, use_linear_in_transformer=False, num_heads=8),
         vae=SD_VAE, clip_l=CLIP_L),
-    ("sd15", True): ModelSize(
+    ("sd15", "small"): ModelSize(
         kind="sd15",
         unet=UnetSize(model_channels=32, channel_mult=(1,), num_res_blocks=1, transformer_depth=(1,),
                       transformer_depth_middle=1, context_dim=TINY_CLIP_L.hidden, use_linear_in_transformer=False,
                       num_heads=2),
         vae=TINY_VAE, clip_l=TINY_CLIP_L),
     # Segmind Vega's UNet plus a middle transformer (see the module docstring): what reForge loads as SDXL.
-    ("sdxl", False): ModelSize(
+    ("sdxl", "default"): ModelSize(
         kind="sdxl",
         unet=UnetSize(model_channels=320, channel_mult=(1, 2, 4), num_res_blocks=2, transformer_depth=(0, 1, 2),
                       transformer_depth_middle=2, context_dim=CLIP_L.hidden + OPEN_CLIP_BIGG.width,
@@ -166,19 +169,29 @@ SIZES: Dict[Tuple[str, bool], ModelSize] = {
         vae=SD_VAE, clip_l=CLIP_L, open_clip=OPEN_CLIP_BIGG),
     # SDXL's block structure (3 levels, 2 res blocks, attention on levels 2 and 3: input_blocks 0-8, middle,
     # output_blocks 0-8 as in real SDXL, so block-wise merges see the real names), 32 channels wide.
-    ("sdxl", True): ModelSize(
+    ("sdxl", "small"): ModelSize(
         kind="sdxl",
         unet=UnetSize(model_channels=32, channel_mult=(1, 2, 4), num_res_blocks=2, transformer_depth=(0, 1, 1),
                       transformer_depth_middle=1, context_dim=TINY_CLIP_L.hidden + TINY_OPEN_CLIP.width,
                       use_linear_in_transformer=True, num_head_channels=32, adm_in_channels=SDXL_ADM_CHANNELS),
         vae=TINY_VAE, clip_l=TINY_CLIP_L, open_clip=TINY_OPEN_CLIP),
+    # SDXL base's UNet (2.57 B parameters): Forge Neo recognises SDXL only by base's input depths, and A1111's sgm
+    # UNet builds output blocks as deep as the input ones, so this is the one SDXL file all three WebUIs load.
+    ("sdxl", "base"): ModelSize(
+        kind="sdxl",
+        unet=UnetSize(model_channels=320, channel_mult=(1, 2, 4), num_res_blocks=2, transformer_depth=(0, 2, 10),
+                      transformer_depth_middle=10, context_dim=CLIP_L.hidden + OPEN_CLIP_BIGG.width,
+                      use_linear_in_transformer=True, num_head_channels=64, adm_in_channels=SDXL_ADM_CHANNELS),
+        vae=SD_VAE, clip_l=CLIP_L, open_clip=OPEN_CLIP_BIGG),
 }
 
 
-def model_size(kind: str, small: bool = False) -> ModelSize:
+def model_size(kind: str, small: bool = False, base: bool = False) -> ModelSize:
     if kind not in KINDS:
         raise TinyModelError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    return SIZES[(kind, small)]
+    if base and (small or kind != "sdxl"):
+        raise TinyModelError("--base is SDXL base's UNet: only with --kind sdxl, not with --small")
+    return SIZES[(kind, "small" if small else "base" if base else "default")]
 
 
 # --- state-dict specs: key -> (shape, init) ------------------------------------------------------------
@@ -824,7 +837,8 @@ class WrittenModel:
     open_clip_arch: Optional[str]
 
 
-def write_model(out_dir, name: str, kind: str, seed: int, *, small: bool = False, zero_text_encoder: bool = False,
+def write_model(out_dir, name: str, kind: str, seed: int, *, small: bool = False, base: bool = False,
+                zero_text_encoder: bool = False,
                 metadata: Optional[Mapping[str, str]] = None, dtype: torch.dtype = torch.float16,
                 a1111_files: bool = True, hf_cache=None, bpe_path=None,
                 text_encoder_seed: Optional[int] = None) -> WrittenModel:
@@ -832,7 +846,7 @@ def write_model(out_dir, name: str, kind: str, seed: int, *, small: bool = False
     `text_encoder_seed`: draw the text encoders from this seed instead (two files sharing it share them)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise TinyModelError(f"name must be letters, digits, '.', '_' or '-', got {name!r}")
-    size = model_size(kind, small)
+    size = model_size(kind, small, base)
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     header = {
@@ -840,6 +854,8 @@ def write_model(out_dir, name: str, kind: str, seed: int, *, small: bool = False
         "uncondlab.small": str(small).lower(), "uncondlab.zero_text_encoder": str(zero_text_encoder).lower(),
         "uncondlab.sizes": json.dumps(asdict(size), sort_keys=True),
     }
+    if base:
+        header["uncondlab.base"] = "true"
     if text_encoder_seed is not None:
         header["uncondlab.text_encoder_seed"] = str(text_encoder_seed)
     header.update(metadata or {})
@@ -887,6 +903,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="extra safetensors __metadata__ entry (repeatable)")
     parser.add_argument("--small", action="store_true",
                         help="tiny text encoders, VAE and UNet for fast tests (such files load in A1111 only)")
+    parser.add_argument("--base", action="store_true",
+                        help="sdxl: SDXL base's UNet, which Forge Neo needs (2.57 B parameters, 6.9 GB in fp16)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
     parser.add_argument("--safetensors-only", action="store_true", help="skip the A1111 yaml and its folders")
     parser.add_argument("--hf-cache", help="Hugging Face hub cache for the small sdxl's OpenCLIP config "
@@ -895,7 +913,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         written = write_model(args.out, args.name or f"uncondlab-tiny-{args.kind}-s{args.seed}", args.kind,
-                              args.seed, small=args.small, zero_text_encoder=args.zero_text_encoder,
+                              args.seed, small=args.small, base=args.base, zero_text_encoder=args.zero_text_encoder,
                               metadata=parse_metadata(args.metadata), dtype=DTYPES[args.dtype],
                               a1111_files=not args.safetensors_only, hf_cache=args.hf_cache, bpe_path=args.bpe,
                               text_encoder_seed=args.text_encoder_seed)
