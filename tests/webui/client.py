@@ -84,9 +84,29 @@ class Generation:
 
 
 class WebUI:
+    NAMES = {"a1111": "A1111", "reforge": "reForge", "forge_neo": "Forge Neo"}
+
     def __init__(self, url: str, kind: str):
         self.url = url.rstrip("/")
-        self.kind = kind  # "a1111" or "reforge"
+        self.kind = kind  # "a1111", "reforge" or "forge_neo"
+
+    @property
+    def name(self) -> str:
+        return self.NAMES[self.kind]
+
+    @property
+    def patches_weights(self) -> bool:
+        """A merge is applied as the WebUI's weight patches (reForge, Neo), not written by Uncond Lab (A1111)."""
+        return self.kind in ("reforge", "forge_neo")
+
+    @property
+    def skips_uncond_at_cfg1(self) -> bool:
+        return self.kind in ("reforge", "forge_neo")
+
+    def feeds_zero_uncond(self) -> bool:
+        """Whether the WebUI's own picture has the zero uncond for an empty SDXL negative: A1111 and reForge
+        always; Forge Neo only with its `sdxl_zero_neg` option (te("") by default)."""
+        return self.kind != "forge_neo" or bool(self.get("/sdapi/v1/options").get("sdxl_zero_neg"))
 
     def request(self, method: str, path: str, payload: Any = None, timeout: float = 600) -> Any:
         data = None if payload is None else json.dumps(payload).encode()

@@ -1,10 +1,10 @@
-"""Integration tests against a real WebUI (A1111 1.10.x or reForge), through its HTTP API.
+"""Integration tests against a real WebUI (A1111 1.10.x, reForge or Forge Neo 2.x), through its HTTP API.
 
 Skipped unless a WebUI is named:
 
 * `UNCOND_LAB_WEBUI_URL=http://127.0.0.1:7860`: a running WebUI started with `--api`, with Uncond Lab, the test
   extension `tests/webui/fault_extension` and the tiny checkpoints of `TINY_MODELS` installed
-  (`UNCOND_LAB_WEBUI_KIND=a1111|reforge` if it can't be told from its scripts; `UNCOND_LAB_WEBUI_LOG=<file>`
+  (`UNCOND_LAB_WEBUI_KIND=a1111|reforge|forge_neo` if it can't be told from its scripts; `UNCOND_LAB_WEBUI_LOG=<file>`
   where its console output goes, for the tests that read it).
 * `WEBUI_DIR=/path/to/webui` (and `WEBUI_PYTHON`, default `$WEBUI_DIR/venv/bin/python`): the tests start it on
   a free port with a throw-away `--data-dir` holding links to this checkout and the test extension, and tiny
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,20 +29,55 @@ from tests.webui.client import WebUI
 
 REPO = Path(__file__).resolve().parents[2]
 
-# name -> generator arguments (tests/webui/tiny_models.py). The SDXL files (3.5 GB each: real-size text
-# encoders and VAE, which reForge needs; Segmind Vega's UNet) are only made when a selected test needs SDXL.
+def webui_kind(webui_dir: Path) -> str:
+    """What a WebUI checkout is, by its own modules_forge/forge_version.py (Forge forks share package names)."""
+    version = webui_dir / "modules_forge" / "forge_version.py"
+    if not version.is_file():
+        return "a1111"
+    return "forge_neo" if re.search(r"^version\s*=\s*['\"]neo['\"]", version.read_text(), re.M) else "reforge"
+
+
+def _kind_at_import() -> str | None:
+    if os.environ.get("UNCOND_LAB_WEBUI_KIND"):
+        return os.environ["UNCOND_LAB_WEBUI_KIND"]
+    return webui_kind(Path(os.environ["WEBUI_DIR"])) if os.environ.get("WEBUI_DIR") else None
+
+
+# The SDXL test files: Segmind Vega's UNet (1.65 B parameters, 3.5 GB files) where it loads (A1111, reForge);
+# Forge Neo recognises SDXL only by SDXL base's input depths, so there the base-size files (6.9 GB), which all
+# three WebUIs load (UNCOND_LAB_SDXL=base picks them on A1111 and reForge too, for the cross-host table).
+SDXL_SIZE = "base" if _kind_at_import() == "forge_neo" else os.environ.get("UNCOND_LAB_SDXL", "vega")
+
+
+def sdxl_model(variant: str, size: str = SDXL_SIZE) -> str:
+    """The SDXL test checkpoint of a variant ("a", "b", "zero-te", "flow") in this run's size."""
+    return f"uncondlab-{size}-sdxl-{variant}"
+
+
+def _sdxl_models(size: str) -> dict[str, list[str]]:
+    base = ["--base"] if size == "base" else []
+    # -b shares -a's text encoders where they are Vega's (the merge tests' memory); the base pair's differ, VAE too.
+    b_text = [] if size == "base" else ["--text-encoder-seed", "1"]
+    return {
+        sdxl_model("a", size): ["--kind", "sdxl", *base, "--seed", "1"],
+        sdxl_model("b", size): ["--kind", "sdxl", *base, "--seed", "2", *b_text],
+        sdxl_model("zero-te", size): ["--kind", "sdxl", *base, "--seed", "3", "--zero-text-encoder"],
+        # The -a weights, declaring a flow objective in their metadata (lib_ext/flow/metadata.py): RF by default.
+        sdxl_model("flow", size): ["--kind", "sdxl", *base, "--seed", "1", "--metadata",
+                                   "modelspec.prediction_type=flow"],
+    }
+
+
+# name -> generator arguments (tests/webui/tiny_models.py). The SDXL files (real-size text encoders and VAE,
+# which reForge and Neo need) are only made when a selected test needs SDXL.
 TINY_MODELS = {
     "uncondlab-tiny-sd15-a": ["--kind", "sd15", "--seed", "1"],
     "uncondlab-tiny-sd15-b": ["--kind", "sd15", "--seed", "2"],
     "uncondlab-tiny-sd15-zero-te": ["--kind", "sd15", "--seed", "3", "--zero-text-encoder"],
-    "uncondlab-vega-sdxl-a": ["--kind", "sdxl", "--seed", "1"],
-    "uncondlab-vega-sdxl-b": ["--kind", "sdxl", "--seed", "2", "--text-encoder-seed", "1"],  # a's text encoders
-    "uncondlab-vega-sdxl-zero-te": ["--kind", "sdxl", "--seed", "3", "--zero-text-encoder"],
-    # The -a weights, declaring a flow objective in their metadata (lib_ext/flow/metadata.py): RF by default.
     "uncondlab-tiny-sd15-flow": ["--kind", "sd15", "--seed", "1", "--metadata", "modelspec.prediction_type=flow"],
-    "uncondlab-vega-sdxl-flow": ["--kind", "sdxl", "--seed", "1", "--metadata", "modelspec.prediction_type=flow"],
+    **_sdxl_models(SDXL_SIZE),
 }
-SD15, SDXL = "uncondlab-tiny-sd15-a", "uncondlab-vega-sdxl-a"
+SD15, SDXL = "uncondlab-tiny-sd15-a", sdxl_model("a")
 
 FLAGS = {
     "a1111": ["--skip-prepare-environment", "--skip-torch-cuda-test", "--use-cpu", "all", "--no-half", "--api",
@@ -49,6 +85,11 @@ FLAGS = {
     "reforge": ["--skip-prepare-environment", "--skip-install", "--skip-torch-cuda-test",
                 "--skip-python-version-check", "--skip-version-check", "--always-cpu", "--use-cpu", "all",
                 "--no-half", "--no-half-vae", "--api", "--no-download-sd-model"],
+    # ComfyUI's flags: float32 computation, the UNet stored in float16 (a merge's backup of the patched weights
+    # then fits beside the SDXL base model in 24 GB), float32 text encoders.
+    "forge_neo": ["--skip-prepare-environment", "--skip-install", "--skip-torch-cuda-test",
+                  "--skip-python-version-check", "--skip-version-check", "--cpu", "--force-fp32", "--fp16-unet",
+                  "--fp32-text-enc", "--api"],
 }
 
 
@@ -111,7 +152,7 @@ def _wait_until_up(webui: WebUI, process: subprocess.Popen, log: Path, timeout: 
 
 
 def _start_webui(webui_dir: Path, data_dir: Path, sdxl: bool, extra_flags: tuple[str, ...] = ()):
-    kind = "reforge" if (webui_dir / "modules_forge").is_dir() else "a1111"
+    kind = webui_kind(webui_dir)
     python = os.environ.get("WEBUI_PYTHON") or str(webui_dir / "venv" / "bin" / "python")
     models_dir = Path(os.environ.get("UNCOND_LAB_MODELS_DIR") or data_dir / "models" / "Stable-diffusion")
     hf_cache = models_dir / "hf-hub-cache"
@@ -130,7 +171,10 @@ def _start_webui(webui_dir: Path, data_dir: Path, sdxl: bool, extra_flags: tuple
     port = _free_port()
     log = data_dir / "webui.log"
     # Start on the small SD1.5 model (else the WebUIs load the first checkpoint by name, maybe a 3.5 GB SDXL one).
-    (data_dir / "config.json").write_text(json.dumps({"sd_model_checkpoint": f"{SD15}.safetensors"}))
+    settings = {"sd_model_checkpoint": f"{SD15}.safetensors"}
+    if kind == "forge_neo":  # without it Neo's launch.py asks on stdin; it loads no model before a generation
+        settings["VERSION_UID"] = "PY313"
+    (data_dir / "config.json").write_text(json.dumps(settings))
     command = [python, "launch.py", *FLAGS[kind], *extra_flags, "--port", str(port), "--data-dir", str(data_dir)]
     with open(log, "wb") as log_file:
         process = subprocess.Popen(command, cwd=webui_dir, env=env, stdout=log_file, stderr=subprocess.STDOUT,
@@ -150,7 +194,9 @@ def _detect_kind(webui: WebUI) -> str:
     if kind:
         return kind
     scripts = webui.get("/sdapi/v1/scripts")["txt2img"]
-    return "reforge" if any("reforge" in name for name in scripts) else "a1111"
+    if any("reforge" in name for name in scripts):
+        return "reforge"
+    return "forge_neo" if "sdxl_zero_neg" in webui.get("/sdapi/v1/options") else "a1111"  # Neo's own option
 
 
 def _stop_webui(process: subprocess.Popen) -> None:

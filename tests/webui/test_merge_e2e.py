@@ -21,6 +21,7 @@ import pytest
 from lib_ext.merge import sanitize_checkpoint_name
 from lib_ext.settings import Settings
 from tests.webui.client import ApiError, b64_png, png_pixels
+from tests.webui.conftest import sdxl_model
 
 
 def rgb(png: bytes) -> tuple:
@@ -35,13 +36,13 @@ def pictures(generation) -> list:
     return [rgb(image) for image in generation.images]
 
 PAIRS = {"sd15": ("uncondlab-tiny-sd15-a", "uncondlab-tiny-sd15-b"),
-         "sdxl": ("uncondlab-vega-sdxl-a", "uncondlab-vega-sdxl-b")}
+         "sdxl": (sdxl_model("a"), sdxl_model("b"))}
 # The SDXL pair shares its text encoders (conftest: --text-encoder-seed), and its merges leave them alone (text-
 # encoder ratio 0): two 1.7 B-parameter models in float32 are most of a 24 GB machine, and merging the 0.8 B of
 # text encoders would hold two more copies of them for nothing. Ratio 1 is then still model B, text encoders
 # included; test_text_encoder_ratio_and_the_cond_cache merges SDXL text encoders on their own.
 TE_RATIO = {"sd15": None, "sdxl": 0.0}  # None: the default, following the merge ratio
-SDXL_ZERO_TE = "uncondlab-vega-sdxl-zero-te"
+SDXL_ZERO_TE = sdxl_model("zero-te")
 CFGS = (3.0, 7.0)
 XYZ = "x/y/z plot"
 
@@ -183,9 +184,9 @@ def test_resident_copies_and_mapped_files_give_the_same_pictures(merge_pair):
     picture at ratio 0.5, the console says where the merge reads from, and the weights come back exactly."""
     p = merge_pair
     log = Log(p.webui)
-    if p.webui.kind == "reforge":
+    if p.webui.patches_weights:
         half = p.pictures(p.merge(0.5))
-        assert "read from the memory-mapped files when reForge patches the weights" in log.text(), log.text()
+        assert f"read from the memory-mapped files when {p.webui.name} patches the weights" in log.text(), log.text()
         assert p.webui.get("/uncond-lab/v1/merge-status")["resident_bytes"] == 0
     else:
         saved = p.webui.get("/sdapi/v1/options")[SOURCES_OPTION]

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.webui.client import ApiError
-from tests.webui.conftest import SDXL
+from tests.webui.conftest import SDXL, sdxl_model
 from tests.webui.test_merge_e2e import gradio_call
 
 SMALL_PROBE = {"latent_shape": [4, 16, 16], "levels": 6, "seeds": [0, 1], "cfg_scale": 7}
@@ -58,7 +58,7 @@ def test_probe_of_sdxl(sdxl):
 
 
 def test_probe_of_sdxl_with_zero_text_encoder_scores_zero(sdxl, no_norm_emphasis):
-    check_zero_text_encoder_scores_zero(sdxl, "uncondlab-vega-sdxl-zero-te")
+    check_zero_text_encoder_scores_zero(sdxl, sdxl_model("zero-te"))
 
 
 @pytest.mark.parametrize("body, fragment", [
@@ -157,7 +157,7 @@ def test_compare_on_sd15(sd15):
 # --- several checkpoints in one run ----------------------------------------------------------------------
 
 SD15_SHELF = ["uncondlab-tiny-sd15-b", "uncondlab-tiny-sd15-zero-te", "uncondlab-tiny-sd15-flow"]
-SDXL_SHELF = ["uncondlab-vega-sdxl-b", "uncondlab-vega-sdxl-zero-te", "uncondlab-vega-sdxl-flow"]
+SDXL_SHELF = [sdxl_model("b"), sdxl_model("zero-te"), sdxl_model("flow")]
 
 
 def fresh_seeds():

@@ -19,7 +19,7 @@ import pytest
 
 from lib_ext.settings import PREDICTIONS, Settings
 from tests.webui.client import ApiError, b64_png, max_pixel_difference
-from tests.webui.conftest import SD15, SDXL
+from tests.webui.conftest import SD15, SDXL, sdxl_model
 from tests.webui.test_uncond_e2e import warm_img2img, xyz_args
 
 RF = {"enabled": True, "rf": True, "shift": 3.0}  # the uncond switch on without a weight: the WebUI's own uncond
@@ -27,7 +27,7 @@ RF_ONLY = {"rf": True, "shift": 3.0}
 RF_SCHEDULE = {"scheduler": "Rectified Flow"}
 HIRES = {"enable_hr": True, "hr_scale": 2, "denoising_strength": 0.6, "hr_second_pass_steps": 3, "hr_cfg": 0}
 SAMPLERS = ["Euler", "Heun", "DPM++ 2M"]
-FLOW_SD15, FLOW_SDXL = "uncondlab-tiny-sd15-flow", "uncondlab-vega-sdxl-flow"  # -a weights, metadata: flow
+FLOW_SD15, FLOW_SDXL = "uncondlab-tiny-sd15-flow", sdxl_model("flow")  # -a weights, metadata: flow
 FAULTS = "Uncond Lab test faults"
 
 

@@ -40,8 +40,31 @@ def test_sd15_batch_and_img2img(sd15):
 
 # --- SDXL: A1111/reForge zero an empty negative -----------------------------------------------------------
 
+def default_uncond(webui) -> dict:
+    """The setting that gives the WebUI's own picture: zero (A1111, reForge, Neo with sdxl_zero_neg) or null."""
+    return ZERO if webui.feeds_zero_uncond() else NULL
+
+
 def test_sdxl_full_zero_weight_is_the_webui_default(sdxl):
-    assert sdxl.txt2img(ZERO).pixels == sdxl.txt2img().pixels
+    assert sdxl.txt2img(default_uncond(sdxl)).pixels == sdxl.txt2img().pixels
+
+
+def test_sdxl_neo_default_is_null_and_its_zero_option_is_zero(sdxl):
+    """Forge Neo: w = 0 is its default picture, w = 1 its picture with `sdxl_zero_neg` on, pixel for pixel, and
+    flipping the option takes effect at the next generation (Neo's cond cache is not keyed on it)."""
+    if sdxl.kind != "forge_neo":
+        pytest.skip("Forge Neo's sdxl_zero_neg option")
+    neo_default = sdxl.txt2img().pixels
+    assert sdxl.txt2img(NULL).pixels == neo_default
+    sdxl.post("/sdapi/v1/options", {"sdxl_zero_neg": True})
+    try:
+        neo_zero = sdxl.txt2img().pixels
+        assert neo_zero != neo_default  # not Neo's stale cached uncond
+        assert sdxl.txt2img(ZERO).pixels == neo_zero
+        assert sdxl.txt2img(NULL).pixels == neo_default
+    finally:
+        sdxl.post("/sdapi/v1/options", {"sdxl_zero_neg": False})
+    assert sdxl.txt2img().pixels == neo_default
 
 
 def test_sdxl_null_weight_is_te_of_empty_string(sdxl):
@@ -60,7 +83,7 @@ def test_sdxl_batch_of_two(sdxl, prompt):
     params = {"batch_size": 2, "prompt": prompt}
     null = sdxl.txt2img(NULL, **params)
     assert len(null.images) == 2 and null.pixels == sdxl.txt2img(negative_prompt=" ", **params).pixels
-    assert sdxl.txt2img(ZERO, **params).pixels == sdxl.txt2img(**params).pixels
+    assert sdxl.txt2img(default_uncond(sdxl), **params).pixels == sdxl.txt2img(**params).pixels
 
 
 def test_sdxl_prompt_edited_negative_is_never_zeroed(sdxl):
@@ -101,7 +124,7 @@ def test_sdxl_hires_pass_settings(sdxl):
 def test_sdxl_cfg_one_runs_and_says_the_uncond_is_unused(sdxl):
     at_cfg_one = sdxl.txt2img(ZERO, cfg_scale=1.0)
     assert at_cfg_one.images and "Uncond Lab note" in at_cfg_one.infotexts[0]
-    if sdxl.kind == "reforge":  # it computes no uncond at CFG 1: any zero weight is the plain picture
+    if sdxl.skips_uncond_at_cfg1:  # no uncond at CFG 1: any zero weight is the plain picture
         assert at_cfg_one.pixels == sdxl.txt2img(NULL, cfg_scale=1.0).pixels == sdxl.txt2img(cfg_scale=1.0).pixels
 
 
