@@ -334,7 +334,7 @@ def on_cfg_denoiser(params) -> None:
     """Every denoiser call: swap in the scheduled uncond. A no-op unless this `p` has an UncondRun."""
     denoiser = getattr(params, "denoiser", None)
     run = current_run(getattr(denoiser, "p", None))
-    if run is None:
+    if run is None or params.text_uncond is None:  # Neo passes no uncond at all at CFG 1
         return
     params.text_uncond = run.uncond_for_call(
         params.text_uncond, host.current_sigma(params), lambda percent: host.percent_to_sigma(denoiser, percent))
