@@ -1,7 +1,9 @@
 """Uncond Lab's AlwaysOn script: reads the UI/API args and hands every hook to lib_ext."""
-from lib_ext.hosts import SUPPORTED
+from lib_ext.hosts import HOST, SUPPORTED
 
-if SUPPORTED:  # else lib_ext.hosts has said in the console which WebUI this is and what is supported
+if not SUPPORTED:
+    print(HOST.unsupported_message(), flush=True)  # which WebUI this is and what is supported; nothing else loads
+else:
     from modules import script_callbacks, scripts
 
     from lib_ext.hosts import common, compare_grid, ui

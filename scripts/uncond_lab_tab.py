@@ -1,7 +1,7 @@
 """Uncond Lab's tab (merge sweeps, the probe) and its HTTP routes; everything they do lives in lib_ext."""
 from lib_ext.hosts import SUPPORTED
 
-if SUPPORTED:  # else lib_ext.hosts has said why Uncond Lab is not loaded
+if SUPPORTED:  # else scripts/uncond_lab.py has said why Uncond Lab is not loaded
     from modules import script_callbacks
 
     from lib_ext.hosts import probe_checkpoints, probe_service, tab

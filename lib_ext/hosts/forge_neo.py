@@ -8,7 +8,6 @@ predictor, and noising (txt2img, img2img, hires) is the predictor's own `noise_s
 from __future__ import annotations
 
 import functools
-import logging
 import types
 
 import torch
@@ -17,15 +16,13 @@ from backend.modules.k_prediction import PredictionDiscreteFlow
 from backend.patcher.base import get_key_weight
 from backend.patcher.lora import weight_adapter
 from k_diffusion.external import ForgeScheduleLinker
-from modules import sd_models, sd_samplers_kdiffusion, shared
+from modules import processing, sd_models, sd_samplers_kdiffusion, shared
 from modules_forge import main_entry
 
 from lib_ext.flow import RfPlan, checked_flow_sigmas
 from lib_ext.hosts.forge_patches import ForgePatchMerge
 from lib_ext.hosts.webui_state import drop_cached_conds
 from lib_ext.probe import flow_noising, ve_noising
-
-log = logging.getLogger("uncond_lab")
 
 # Neo drops the uncond at CFG 1 (backend/sampling/sampling_function.py, cfg1 optimisation), like reForge.
 SKIPS_UNCOND_AT_CFG1 = True
@@ -70,7 +67,6 @@ _ZERO_NEG_CACHE = "uncond_lab_sdxl_zero_neg"  # on the processing class, beside 
 def sync_webui_caches(p) -> None:
     """Neo's cond cache is not keyed on `sdxl_zero_neg`: after the option flips, the next generation with the
     same prompts would get the old uncond. Drop the caches when it changed since the last generation."""
-    from modules import processing
     value = bool(getattr(shared.opts, "sdxl_zero_neg", False))
     last = getattr(processing.StableDiffusionProcessing, _ZERO_NEG_CACHE, None)
     setattr(processing.StableDiffusionProcessing, _ZERO_NEG_CACHE, value)
@@ -111,7 +107,7 @@ def probe_flow_model(sd_model, shift: float, multiplier: float):
     """The loaded model probed as rectified flow: the predictor RF sampling installs, set on the model for each
     call only and put back after it, its table, flow noising."""
     model = _loaded_kmodel(sd_model)
-    flow = flow_predictor(shift, multiplier)
+    flow = FlowPrediction(shift, multiplier)
     device = memory_management.get_torch_device()
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
@@ -168,10 +164,6 @@ class FlowScheduleLinker(ForgeScheduleLinker):
         return float(self.predictor.shift)
 
 
-def flow_predictor(shift: float, multiplier: float) -> FlowPrediction:
-    return FlowPrediction(shift, multiplier)
-
-
 def zero_terminal_snr(p) -> bool:
     return getattr(shared.opts, "sd_noise_schedule", "Default") == "Zero Terminal SNR"
 
@@ -206,7 +198,7 @@ def install_flow(p, plan: RfPlan, x: torch.Tensor | None, noise: torch.Tensor | 
     model = sd_model.forge_objects.unet.model
     flow = getattr(sampler, FLOW_MARK, None)
     if flow is None or flow[0] is not plan:
-        predictor = flow_predictor(plan.shift, plan.multiplier)
+        predictor = FlowPrediction(plan.shift, plan.multiplier)
         linker = FlowScheduleLinker(predictor)
         linker.inner_model = sd_model
         sample, sample_img2img = _restoring_predictor(sampler.sample), _restoring_predictor(sampler.sample_img2img)

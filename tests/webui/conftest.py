@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -25,16 +24,17 @@ from pathlib import Path
 
 import pytest
 
+from lib_ext.hosts import detect
 from tests.webui.client import WebUI
 
 REPO = Path(__file__).resolve().parents[2]
 
 def webui_kind(webui_dir: Path) -> str:
     """What a WebUI checkout is, by its own modules_forge/forge_version.py (Forge forks share package names)."""
-    version = webui_dir / "modules_forge" / "forge_version.py"
-    if not version.is_file():
+    version_file = webui_dir / "modules_forge" / "forge_version.py"
+    if not version_file.is_file():
         return "a1111"
-    return "forge_neo" if re.search(r"^version\s*=\s*['\"]neo['\"]", version.read_text(), re.M) else "reforge"
+    return "forge_neo" if detect.read_forge_version(version_file)[0] == "neo" else "reforge"
 
 
 def _kind_at_import() -> str | None:
