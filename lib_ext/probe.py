@@ -34,6 +34,9 @@ Definitions (the README copies this block):
   channels, `MAX_LATENT_SIDE` latent pixels a side, `MAX_SEED_LEVELS` seeds × levels.
 - Interrupted (`should_stop()` true before a UNet call): the levels finished so far, `interrupted` set; the
   score is the mean over those levels (None when none finished).
+- Non-finite predictions (a broken merge, an fp16 overflow): the probe goes on; such a level's values are NaN
+  and `non_finite` says which prediction held NaN or inf there, so the score is NaN (JSON null) with the reason.
+  Non-finite encodings (te("") or the prompt) stop it before any UNet call, saying which.
 """
 from __future__ import annotations
 
@@ -61,7 +64,7 @@ MAX_SEED_LEVELS = 512      # seeds × levels: the probe costs seeds × (3 · lev
 MAX_LATENT_CHANNELS = 16   # SD1/SDXL latents have 4, SD3/Flux 16
 MAX_LATENT_SIDE = 256      # latent pixels: 2048 px, the tab's largest size
 RESULT_FORMAT = "uncond-lab-probe/1"
-LEVEL_COLUMNS = ("level", "sigma", "x0_rel_diff", "cfg_rel_diff", "guidance_cosine")
+LEVEL_COLUMNS = ("level", "sigma", "x0_rel_diff", "cfg_rel_diff", "guidance_cosine", "non_finite")
 
 
 class ProbeError(ValueError):
@@ -315,11 +318,33 @@ class _CountingDenoiser:
             if tuple(pred.shape) != tuple(rows.shape):
                 raise ProbeError(f"Uncond Lab probe: the denoiser returned shape {tuple(pred.shape)} for input "
                                  f"shape {tuple(rows.shape)}; it must return the x0 prediction")
-            if not bool(torch.isfinite(pred).all()):
-                raise ProbeError(f"Uncond Lab probe: the denoiser returned non-finite values at sigma {sigma:g} "
-                                 f"(try full precision or another VAE/UNet dtype setting)")
             outputs.append(pred.float())
         return torch.cat(outputs)
+
+
+def _non_finite_kind(tensor: torch.Tensor) -> str | None:
+    if bool(torch.isnan(tensor).any()):
+        return "NaN"
+    if bool(torch.isinf(tensor).any()):
+        return "inf"
+    return None
+
+
+def non_finite_predictions(predictions: Mapping[str, torch.Tensor]) -> str:
+    """"" when every prediction is finite, else e.g. "cond: NaN, te(''): inf"; a non-finite reference prediction
+    (every level's input) is named alone."""
+    kinds = {name: _non_finite_kind(tensor) for name, tensor in predictions.items()}
+    if kinds.get("reference"):
+        return f"reference prediction at sigma max: {kinds['reference']}"
+    return ", ".join(f"{name}: {kind}" for name, kind in kinds.items() if kind)
+
+
+def _check_finite(name: str, cond: Cond) -> None:
+    for part, tensor in (cond.items() if isinstance(cond, Mapping) else [("", cond)]):
+        kind = _non_finite_kind(tensor)
+        if kind:
+            raise ProbeError(f"Uncond Lab probe: {name}{f' ({part})' if part else ''} holds {kind} before any UNet "
+                             f"call: the text encoders' output is broken, so every generation with it is too")
 
 
 def _same_cond(a: Cond, b: Cond) -> bool:
@@ -343,6 +368,7 @@ class ProbeResult:
     unet_rows: int = 0
     zero_equals_null: bool = False  # te("") is exactly zero, so zero and null uncond are the same cond
     interrupted: bool = False  # stopped early: the levels finished before (possibly none)
+    non_finite: tuple[str, ...] = ()  # per level: "" or which predictions held NaN/inf (see non_finite_text)
 
     @property
     def score(self) -> float:
@@ -357,9 +383,21 @@ class ProbeResult:
     def mean_guidance_cosine(self) -> float:
         return _mean(self.guidance_cosine)
 
+    def non_finite_text(self) -> str | None:
+        """Why the score is missing, e.g. "non-finite predictions at sigma 14.61 (cond: NaN), 2.918 (...)";
+        None when every level was finite."""
+        bad = [f"{sigma:.4g} ({what})" for sigma, what in zip(self.sigmas, self.non_finite) if what]
+        if not bad:
+            return None
+        return (f"Uncond Lab probe: non-finite predictions at sigma {', '.join(bad)} of {len(self.sigmas)} "
+                f"levels (a broken merge or a float16 overflow: try full precision)")
+
     def level_columns(self) -> dict[str, list[float]]:
         return {"sigma": list(self.sigmas), "x0_rel_diff": list(self.x0_rel_diff),
                 "cfg_rel_diff": list(self.cfg_rel_diff), "guidance_cosine": list(self.guidance_cosine)}
+
+    def _level_non_finite(self) -> list[str]:
+        return list(self.non_finite) or [""] * len(self.sigmas)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (strict JSON: +inf becomes null)."""
@@ -369,8 +407,10 @@ class ProbeResult:
                 "mean_guidance_cosine": _json_float(self.mean_guidance_cosine),
                 "unet_calls": self.unet_calls, "unet_rows": self.unet_rows,
                 "zero_equals_null": self.zero_equals_null, "interrupted": self.interrupted,
+                "non_finite": self.non_finite_text(),
                 "embedding": {key: _json_float(value) for key, value in self.embedding.items()},
-                "levels": {key: [_json_float(v) for v in values] for key, values in self.level_columns().items()},
+                "levels": {**{key: [_json_float(v) for v in values] for key, values in self.level_columns().items()},
+                           "non_finite": self._level_non_finite()},
                 "settings": self.settings.as_dict()}
 
     @classmethod
@@ -379,20 +419,29 @@ class ProbeResult:
             raise ProbeError(f"Uncond Lab probe: expected a result of format {RESULT_FORMAT!r}, "
                              f"got {data.get('format')!r}")
         levels = data["levels"]
+        non_finite = tuple(levels.get("non_finite") or ())
+
+        def floats(column: str) -> tuple[float, ...]:  # null is +inf, or NaN on a non-finite level
+            return tuple(math.nan if value is None and non_finite and non_finite[i] else _from_json_float(value)
+                         for i, value in enumerate(levels[column]))
+
         return cls(settings=ProbeSettings.from_dict(data["settings"]),
                    sigmas=tuple(levels["sigma"]),
-                   x0_rel_diff=tuple(map(_from_json_float, levels["x0_rel_diff"])),
-                   cfg_rel_diff=tuple(map(_from_json_float, levels["cfg_rel_diff"])),
-                   guidance_cosine=tuple(levels["guidance_cosine"]),
+                   x0_rel_diff=floats("x0_rel_diff"),
+                   cfg_rel_diff=floats("cfg_rel_diff"),
+                   guidance_cosine=floats("guidance_cosine"),
                    embedding={key: _from_json_float(value) for key, value in data["embedding"].items()},
                    unet_calls=data["unet_calls"], unet_rows=data["unet_rows"],
-                   zero_equals_null=data["zero_equals_null"], interrupted=data.get("interrupted", False))
+                   zero_equals_null=data["zero_equals_null"], interrupted=data.get("interrupted", False),
+                   non_finite=non_finite if any(non_finite) else ())
 
     def csv_rows(self) -> list[dict[str, float | int]]:
         """One row per noise level, columns `LEVEL_COLUMNS`."""
-        return [{"level": index, "sigma": sigma, "x0_rel_diff": x0, "cfg_rel_diff": cfg, "guidance_cosine": cos}
-                for index, (sigma, x0, cfg, cos) in enumerate(zip(self.sigmas, self.x0_rel_diff,
-                                                                  self.cfg_rel_diff, self.guidance_cosine))]
+        return [{"level": index, "sigma": sigma, "x0_rel_diff": x0, "cfg_rel_diff": cfg, "guidance_cosine": cos,
+                 "non_finite": bad}
+                for index, (sigma, x0, cfg, cos, bad) in enumerate(zip(self.sigmas, self.x0_rel_diff,
+                                                                       self.cfg_rel_diff, self.guidance_cosine,
+                                                                       self._level_non_finite()))]
 
     def to_csv(self) -> str:
         return _csv_text(LEVEL_COLUMNS, self.csv_rows())
@@ -435,6 +484,8 @@ def probe(denoise: Denoise, cond: Cond, null_uncond: Cond, sigma_table: Sequence
     """
     _check_single("probe prompt cond", cond)
     _check_single("null uncond te('')", null_uncond)
+    _check_finite("the probe prompt's encoding", cond)
+    _check_finite("te('') (the null uncond)", null_uncond)
     if isinstance(cond, Mapping) != isinstance(null_uncond, Mapping):
         raise ProbeError("Uncond Lab probe: the cond and te('') must both be tensors or both be mappings")
     sigmas = noise_levels(sigma_table, settings.levels)
@@ -443,7 +494,7 @@ def probe(denoise: Denoise, cond: Cond, null_uncond: Cond, sigma_table: Sequence
     zero = zero_uncond(null_uncond, pooled_width)
     zero_equals_null = _same_cond(zero, null_uncond)
 
-    per_level: dict[str, list[float]] = {"x0_rel_diff": [], "cfg_rel_diff": [], "guidance_cosine": []}
+    per_level: dict[str, list] = {"x0_rel_diff": [], "cfg_rel_diff": [], "guidance_cosine": [], "non_finite": []}
     try:
         _measure(evaluate, cond, null_uncond, zero, zero_equals_null, sigmas, sigma_max, noising, settings, device,
                  per_level, on_level)
@@ -456,7 +507,8 @@ def probe(denoise: Denoise, cond: Cond, null_uncond: Cond, sigma_table: Sequence
                        guidance_cosine=tuple(per_level["guidance_cosine"]),
                        embedding=embedding_stats(null_uncond, cond, pooled_width),
                        unet_calls=evaluate.calls, unet_rows=evaluate.rows, zero_equals_null=zero_equals_null,
-                       interrupted=interrupted)
+                       interrupted=interrupted,
+                       non_finite=tuple(per_level["non_finite"]) if any(per_level["non_finite"]) else ())
 
 
 def _measure(evaluate: _CountingDenoiser, cond: Cond, null_uncond: Cond, zero: Cond, zero_equals_null: bool,
@@ -476,11 +528,19 @@ def _measure(evaluate: _CountingDenoiser, cond: Cond, null_uncond: Cond, zero: C
             pred_zero = pred_null
         else:
             pred_cond, pred_null, pred_zero = evaluate(x, sigma, [cond, null_uncond, zero])
-        cfg_zero = cfg_combine(pred_cond, pred_zero, settings.cfg_scale)
-        cfg_null = cfg_combine(pred_cond, pred_null, settings.cfg_scale)
-        per_level["x0_rel_diff"].append(relative_difference(pred_zero, pred_null).mean().item())
-        per_level["cfg_rel_diff"].append(relative_difference(cfg_zero, cfg_null).mean().item())
-        per_level["guidance_cosine"].append(guidance_cosine(pred_cond - pred_zero, pred_cond - pred_null).mean().item())
+        predictions = {"reference": reference, "cond": pred_cond, "te('')": pred_null}
+        bad = non_finite_predictions(predictions if zero_equals_null else {**predictions, "zero": pred_zero})
+        per_level["non_finite"].append(bad)
+        if bad:
+            for metric in ("x0_rel_diff", "cfg_rel_diff", "guidance_cosine"):
+                per_level[metric].append(math.nan)
+        else:
+            cfg_zero = cfg_combine(pred_cond, pred_zero, settings.cfg_scale)
+            cfg_null = cfg_combine(pred_cond, pred_null, settings.cfg_scale)
+            per_level["x0_rel_diff"].append(relative_difference(pred_zero, pred_null).mean().item())
+            per_level["cfg_rel_diff"].append(relative_difference(cfg_zero, cfg_null).mean().item())
+            per_level["guidance_cosine"].append(
+                guidance_cosine(pred_cond - pred_zero, pred_cond - pred_null).mean().item())
         if on_level is not None:
             on_level(index + 1, len(sigmas))
 

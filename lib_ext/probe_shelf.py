@@ -148,7 +148,7 @@ def probe_shelf(entries: Sequence[ShelfEntry], probe_one: Callable[[ShelfEntry],
         start = clock()
         try:
             result, cached = probe_one(entry)
-            error = INTERRUPTED if result.interrupted else None  # the levels finished before it, kept
+            error = INTERRUPTED if result.interrupted else result.non_finite_text()  # interrupted: levels kept
             row = ShelfRow(entry.title, entry.hash, result, error=error, cached=cached, seconds=clock() - start)
         except Exception as error:  # noqa: BLE001  (reported in its row; the other checkpoints still run)
             message = INTERRUPTED if interrupted() else _error_text(error)

@@ -4,6 +4,8 @@ The linear denoiser is D(x, sigma, u) = a(sigma)·x + b(u) with b(u) = mean over
 (optionally plus the pooled or size part of `vector`), on a 2-value latent [1, 1, 2], so every expected number
 below is worked out by hand or with plain float math, independently of lib_ext.probe.
 """
+import csv
+import io
 import json
 import math
 
@@ -345,10 +347,10 @@ def test_json_round_trip():
 def test_csv_header_and_rows():
     result = sample_result()
     lines = result.to_csv().splitlines()
-    assert lines[0] == "level,sigma,x0_rel_diff,cfg_rel_diff,guidance_cosine"
+    assert lines[0] == "level,sigma,x0_rel_diff,cfg_rel_diff,guidance_cosine,non_finite"
     assert len(lines) == 1 + 4
-    level, sigma, x0, cfg, cos = lines[2].split(",")
-    assert (int(level), float(sigma), float(cfg)) == (1, result.sigmas[1], result.cfg_rel_diff[1])
+    level, sigma, x0, cfg, cos, non_finite = lines[2].split(",")
+    assert (int(level), float(sigma), float(cfg), non_finite) == (1, result.sigmas[1], result.cfg_rel_diff[1], "")
 
 
 # --- settings and input errors ---------------------------------------------------------------------------
@@ -391,9 +393,63 @@ def test_settings_from_api_dict_round_trip():
     hash(parsed)  # usable in a cache key
 
 
+def overflowing_denoiser(below_sigma: float, value: float, only_null: bool = False):
+    """The linear denoiser, but `value` (NaN or inf) everywhere below `below_sigma` (for te('') alone or for
+    every cond): a broken merge or a float16 overflow at low noise."""
+    linear = linear_denoiser()
+
+    def denoise(x, sigma, cond):
+        out = linear(x, sigma, cond)
+        if float(sigma[0]) < below_sigma:
+            rows = (cond == NULL).flatten(1).all(dim=1) if only_null else torch.ones(len(out), dtype=torch.bool)
+            out[rows] = value
+        return out
+    return denoise
+
+
+def test_non_finite_predictions_are_named_per_level_and_leave_no_score():
+    result = pr.probe(overflowing_denoiser(1.5, math.nan), COND, NULL, TABLE, pr.ve_noising, settings())
+    assert result.non_finite == ("", "", "cond: NaN, te(''): NaN, zero: NaN", "cond: NaN, te(''): NaN, zero: NaN")
+    assert result.cfg_rel_diff[:2] == pytest.approx((2 / math.sqrt(13),) * 2, abs=1e-6)  # the finite levels stay
+    assert all(math.isnan(v) for v in result.cfg_rel_diff[2:] + result.guidance_cosine[2:])
+    assert math.isnan(result.score)
+    assert result.non_finite_text() == ("Uncond Lab probe: non-finite predictions at sigma 1 (cond: NaN, te(''): NaN, "
+                                        "zero: NaN), 0.5 (cond: NaN, te(''): NaN, zero: NaN) of 4 levels (a broken "
+                                        "merge or a float16 overflow: try full precision)")
+    data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert data["score"] is None and data["non_finite"] == result.non_finite_text()
+    assert data["levels"]["non_finite"] == list(result.non_finite)
+    back = ProbeResult.from_dict(data)
+    assert back.non_finite == result.non_finite and math.isnan(back.cfg_rel_diff[3])
+    assert back.cfg_rel_diff[:2] == result.cfg_rel_diff[:2]
+    rows = list(csv.DictReader(io.StringIO(result.to_csv())))
+    assert [row["non_finite"] for row in rows] == list(result.non_finite)
+
+
+def test_inf_in_one_prediction_names_only_that_one():
+    result = pr.probe(overflowing_denoiser(0.75, math.inf, only_null=True), COND, NULL, TABLE, pr.ve_noising,
+                      settings())
+    assert result.non_finite == ("", "", "", "te(''): inf")
+    assert pr.probe(linear_denoiser(), COND, NULL, TABLE, pr.ve_noising, settings()).non_finite == ()
+
+
+def test_a_non_finite_reference_prediction_is_named_as_the_cause():
+    result = pr.probe(lambda x, s, c: x * math.nan, COND, NULL, TABLE, pr.ve_noising,
+                      settings(reference="prediction"))
+    assert set(result.non_finite) == {"reference prediction at sigma max: NaN"}
+
+
+@pytest.mark.parametrize("which", ["cond", "null"])
+def test_non_finite_encodings_stop_before_any_unet_call(which):
+    calls = []
+    broken = tokens([math.nan, 0.0], [0.0, 0.0])
+    cond, null = (broken, NULL) if which == "cond" else (COND, broken)
+    with pytest.raises(ProbeError, match="holds NaN before any UNet call"):
+        pr.probe(linear_denoiser(log=calls), cond, null, TABLE, pr.ve_noising, settings())
+    assert calls == []
+
+
 def test_denoiser_errors_are_reported():
-    with pytest.raises(ProbeError, match="non-finite"):
-        pr.probe(lambda x, s, c: x * math.nan, COND, NULL, TABLE, pr.ve_noising, settings())
     with pytest.raises(ProbeError, match="shape"):
         pr.probe(lambda x, s, c: x[:, :, :, :1], COND, NULL, TABLE, pr.ve_noising, settings())
     with pytest.raises(ProbeError, match="batch size 1"):

@@ -76,6 +76,26 @@ def test_a_failing_checkpoint_gets_its_error_and_the_run_goes_on():
     assert csv_lines[0] == ",".join(ps.SHELF_COLUMNS) and csv_lines[-1].startswith("tuned")
 
 
+def test_a_checkpoint_with_non_finite_predictions_says_which_sigma_in_its_row():
+    def broken(x, sigma, cond):  # a broken merge: NaN below sigma 1.5
+        out = constant_denoiser(x, sigma, cond)
+        return torch.full_like(out, math.nan) if float(sigma[0]) < 1.5 else out
+
+    def probe_one(entry):
+        if entry.title.startswith("tuned"):
+            return pr.probe(broken, COND, torch.tensor([[[0.0, 1.0]]]), [0.5, 1.0, 2.0], pr.ve_noising,
+                            SETTINGS), False
+        return probe_with_null(SHELF[entry.title]), False
+
+    shelf = ps.probe_shelf(entries(*SHELF), probe_one)
+    tuned = shelf.rows[1]
+    assert tuned.score is None
+    assert tuned.error.startswith("Uncond Lab probe: non-finite predictions at sigma 1 (cond: NaN, te(''): NaN, "
+                                  "zero: NaN), 0.5 (")
+    assert json.loads(json.dumps(shelf.to_dict(), allow_nan=False))["columns"]["error"][1] == tuned.error
+    assert shelf.rows[0].error is None and shelf.rows[0].score == 0.0
+
+
 def test_interrupt_stops_after_the_current_checkpoint():
     done = []
 

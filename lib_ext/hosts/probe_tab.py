@@ -51,7 +51,9 @@ def _interrupted_note(interrupted: bool, what: str) -> str:
 def _summary(result: ProbeResult, cached: bool) -> str:
     embedding = ", ".join(f"{key} {value:.4g}" for key, value in result.embedding.items())
     levels = f"the first {len(result.sigmas)} of {result.settings.levels} noise levels"
+    non_finite = result.non_finite_text()
     return (_interrupted_note(result.interrupted, levels) +
+            (f"**No score**: {non_finite}  \n" if non_finite else "") +
             f"**Score {result.score:.4f}** (mean relative change of the CFG prediction when the zero uncond "
             f"replaces te(\"\"); 0 = no dependence)  \n"
             f"Cost: {result.unet_calls} UNet calls, {result.unet_rows} latents{' (cached)' if cached else ''}  \n"
