@@ -1,5 +1,7 @@
 """MergeSessions: the lifecycle across generations (one write per distinct ratio, exact restore, foreign writes,
 errors), with a fake host that bakes a 'LoRA' on top of the weights the way A1111's Lora extension does."""
+import os
+
 import pytest
 import torch
 
@@ -228,3 +230,77 @@ def test_another_placement_prepares_again_and_the_log_says_where_from(paths):
     assert "of copies resident (device)" in lines[-2]
     sessions.close()
     assert_holds(model, A)
+
+
+class ReloadingHost(FakeHost):
+    """A host whose `reload` loads a checkpoint file into the model, the way A1111's forced reload does; it fails
+    while `fail` is set."""
+
+    def __init__(self, model, path):
+        super().__init__(model)
+        self.path, self.fail, self.reloads = path, False, 0
+
+    def reload(self):
+        self.reloads += 1
+        if self.fail:
+            raise OSError("the file is being written")
+        from safetensors.torch import load_file
+        for key, value in load_file(str(self.path)).items():
+            if key in self.model:
+                self.model[key].data.copy_(value)
+        return True
+
+
+def rewrite_in_place(path, tensors):
+    """A trainer's save over the file: truncated and written again, the same inode (not a rename)."""
+    from safetensors.torch import save
+    inode = os.stat(path).st_ino
+    with open(path, "r+b") as file:
+        file.truncate(0)
+        file.write(save({k: v.contiguous() for k, v in tensors.items()}))
+    assert os.stat(path).st_ino == inode
+
+
+def test_model_a_rewritten_during_a_held_merge_is_reloaded_never_left_merged(paths):
+    lines = []
+    model = live_model()
+    host = ReloadingHost(model, paths["a"])
+    sessions = MergeSessions(log=lines.append)
+    sessions.sync("k", ws(paths, unet_ratio=0.5), lambda: host, placement="mapped")
+    rewrite_in_place(paths["a"], C)  # the trainer saves over A while the merge is held
+
+    with pytest.raises(Exception, match="rewritten on disk.*reloaded the checkpoint from disk"):
+        sessions.sync(None, None, lambda: host)  # a plain generation: refused, with why
+    assert host.reloads == 1 and sessions.unrestored is None
+    assert_holds(model, C)  # the file's weights now, not the merge
+    assert sessions.sync(None, None, lambda: host) == [] and host.reloads == 1  # the next one runs, unmerged
+
+
+def test_a_failed_reload_refuses_every_generation_until_one_works(paths):
+    model = live_model()
+    host = ReloadingHost(model, paths["a"])
+    sessions = MergeSessions(log=lambda _: None)
+    sessions.sync("k", ws(paths, unet_ratio=1.0), lambda: host, placement="mapped")
+    rewrite_in_place(paths["a"], C)
+    host.fail = True
+    with pytest.raises(Exception, match="rewritten on disk.*reloading the checkpoint failed"):
+        sessions.sync(None, None, lambda: host)
+    for request in ((None, None), ("k", ws(paths, unet_ratio=0.5))):  # plain or merged: refused alike
+        with pytest.raises(Exception, match="may still hold a merge.*Load a checkpoint"):
+            sessions.sync(*request, lambda: host, placement="mapped")
+    assert sessions.current is None
+    host.fail = False
+    assert sessions.sync(None, None, lambda: host) == []
+    assert_holds(model, C) and sessions.unrestored is None and host.reloads == 4
+
+
+def test_model_b_rewritten_during_a_held_merge_refuses_and_restores_a(paths):
+    model = live_model()
+    host = ReloadingHost(model, paths["a"])
+    sessions = MergeSessions(log=lambda _: None)
+    sessions.sync("k", ws(paths, unet_ratio=0.5), lambda: host, placement="mapped")
+    rewrite_in_place(paths["b"], C)
+    with pytest.raises(Exception, match="rewritten on disk"):
+        sessions.sync("k", ws(paths, unet_ratio=1.0), lambda: host, placement="mapped")  # reads B again
+    assert_holds(model, A) and host.reloads == 0  # A's file is intact: restored from it, bit for bit
+    assert sessions.sync(None, None, lambda: host) == []

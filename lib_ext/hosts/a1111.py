@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import functools
+import os
 import weakref
 
 import k_diffusion.sampling
 import torch
 from k_diffusion.external import CompVisDenoiser, CompVisVDenoiser
-from modules import devices, sd_models, sd_samplers_kdiffusion, sd_samplers_timesteps, shared
+from modules import devices, sd_models, sd_samplers, sd_samplers_kdiffusion, sd_samplers_timesteps, shared
 
 from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, checked_flow_sigmas, flow_noise_as_ve_noise,
                           rf_sampler_policy, seeded_euler_ancestral_rf)
@@ -21,6 +22,7 @@ from lib_ext.uncond import discrete_percent_to_sigma
 
 # A1111 evaluates the uncond even at CFG 1 (it just cancels out); reForge skips it.
 SKIPS_UNCOND_AT_CFG1 = False
+WEBUI_NAME = "A1111"
 
 
 def _sigmas_from_alphas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -129,6 +131,13 @@ def sigma_churn(p, sampler_name: str) -> float:
     return float(getattr(shared.opts, "s_churn", getattr(p, "s_churn", 0.0)) or 0.0)
 
 
+def uses_uncond_at_cfg1(p, sampler_name: str) -> bool:
+    """DDIM CFG++ scales the CFG scale by 1/12.5 and steps along the uncond's noise, so at CFG 1 the uncond
+    decides the picture; every other sampler gets uncond + 1·(cond - uncond) = cond."""
+    config = sd_samplers.find_sampler_config(sampler_name)
+    return config is not None and "ddim_cfgpp" in config.aliases
+
+
 def competing_model_sampling(p) -> str | None:
     """A1111 has no other feature that replaces the model's sampling."""
     return None
@@ -151,7 +160,7 @@ def install_flow(p, plan: RfPlan, x: torch.Tensor | None, noise: torch.Tensor | 
     if x is not None:
         denoiser = denoiser.to(x.device)
     func = sampler.func
-    if rf_sampler_policy(sampler.config.name).action == SUBSTITUTE:
+    if rf_sampler_policy(sampler.config.name, sampler.config.aliases).action == SUBSTITUTE:
         func = seeded_euler_ancestral_rf(lambda: k_diffusion.sampling.torch.randn_like)
     get_sigmas, sample_img2img = checked_flow_sigmas(sampler.get_sigmas), _flow_noised(sampler.sample_img2img)
     # Nothing below can fail: a half-installed flow is not possible.
@@ -189,9 +198,10 @@ class _ModelHost:
     """lib_ext.merge.session.SessionHost for A1111's loaded model. Holds the model weakly: a session must not keep
     an unloaded model alive. Live tensors are looked up again at every call (--medvram/--lowvram move modules)."""
 
-    def __init__(self, sd_model, keys: frozenset[str]):
+    def __init__(self, sd_model, model_a: str):
         self._model = weakref.ref(sd_model)
-        self._keys = keys
+        self._model_a = model_a
+        self._keys = _checkpoint_keys(model_a)
         self._fp16 = merge_live.Fp16Caches()
 
     def _sd_model(self):
@@ -230,6 +240,18 @@ class _ModelHost:
         if self._model() is not None:
             self._fp16.put_back()
 
+    def reload(self) -> bool:
+        """A forced load of the model's checkpoint file: A1111's "Unload/Reload" would move the same (merged)
+        tensors. Nothing when the model is gone or holds another checkpoint since (a real load replaced them)."""
+        model = self._model()
+        if model is None or not self.alive():
+            return False
+        info = model.sd_checkpoint_info
+        if info is None or os.path.abspath(info.filename) != os.path.abspath(self._model_a):
+            return False
+        load_checkpoint(info, forced=True)
+        return True
+
 
 def sync_merge(p, resolved) -> None:
     """process(): the weights hold this generation's merge (resolved), or the originals (None)."""
@@ -241,7 +263,7 @@ def sync_merge(p, resolved) -> None:
     placement = placement_for(getattr(shared.opts, MERGE_SOURCES_OPTION, SOURCES_AUTO),
                               low_vram=getattr(sd_model, "lowvram", False))  # --medvram/--lowvram: keep VRAM free
     updates = MERGE_SESSIONS.sync(resolved.key, recipe,
-                                  lambda: _ModelHost(sd_model, _checkpoint_keys(recipe.model_a)), placement=placement)
+                                  lambda: _ModelHost(sd_model, recipe.model_a), placement=placement)
     if any(update.kind != "prepared" and "te" in update.ratios for update in updates):
         drop_cached_conds(p)
 

@@ -13,7 +13,10 @@ exactly that:
 A sweep that owns its loop (the tab) calls `MergeSessions.close()` in a `finally`; a model load calls it too.
 Someone else writing the weights (A1111 reloading the VAE or the whole checkpoint into the same model object)
 is noticed by a fingerprint of each group's values: those groups are `forget`-ten, not restored over the new
-weights, and the next merge is prepared from what is loaded then.
+weights, and the next merge is prepared from what is loaded then. A restore that fails (model A's file rewritten
+in place by a trainer while the merge was held, so the originals cannot be read back) leaves the weights merged:
+the model is then reloaded from its checkpoint (`SessionHost.reload`), and until that has worked every `sync`
+tries again and refuses, so no generation silently gets the merged weights.
 
 The host supplies a `SessionHost` (lib_ext/hosts): the live tensors by checkpoint key, and what has to happen
 around a write (A1111: put the Lora extension's clean weights back first; reset its caches, float8 caches and
@@ -39,6 +42,10 @@ SOURCES_CHOICES = (SOURCES_AUTO, SOURCES_RESIDENT, SOURCES_MAPPED)
 FINGERPRINT_ELEMENTS = 32   # per tensor, evenly strided
 
 
+class MergeUnrestoredError(RuntimeError):
+    """The weights may still hold a merge that could not be undone, and the checkpoint could not be reloaded."""
+
+
 class SessionHost(Protocol):
     def targets(self) -> Mapping[str, torch.Tensor]:
         """The live tensors by checkpoint key (resolved at every call: modules may have moved)."""
@@ -57,6 +64,11 @@ class SessionHost(Protocol):
 
     def close(self) -> None:
         """Release what the host kept for this session."""
+
+    def reload(self) -> bool:
+        """The originals could not be put back (model A's file was rewritten in place, a read failed): load the
+        model's checkpoint again the WebUI's own way. False when there is nothing to reload any more (the model
+        is gone, or another checkpoint was loaded into it); raises when the load fails."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +235,7 @@ class MergeSessions:
 
     def __init__(self, log: Callable[[str], None] = print):
         self.current: MergeSession | None = None
+        self.unrestored: SessionHost | None = None  # a session's host whose restore failed, model not reloaded
         self.log = log
 
     def sync(self, key: Hashable | None, recipe: MergeRecipe | None, make_host: Callable[[], SessionHost], *,
@@ -231,6 +244,8 @@ class MergeSessions:
         originals when `recipe` is None. On any failure the session is closed (weights restored) and the error
         re-raised."""
         updates: list[MergeUpdate] = []
+        if self.unrestored is not None:
+            self._reload_unrestored(refuse=True)
         try:
             session = self.current
             if session is not None and (recipe is None or session.key != key or session.placement != placement
@@ -262,11 +277,35 @@ class MergeSessions:
         session, self.current = self.current, None
         if session is None:
             return []
-        updates = session.close()
+        try:
+            updates = session.close()
+        except Exception as error:
+            self.log(f"Uncond Lab: the merge could not be undone ({error}); reloading the checkpoint from disk so "
+                     "that no merge stays in the loaded weights")
+            self.unrestored = session.host
+            raise MergeUnrestoredError(f"{error}. {self._reload_unrestored(refuse=False)}") from error
         if log:
             for update in updates:
                 self.log(update.message())
         return updates
+
+    def _reload_unrestored(self, refuse: bool) -> str:
+        """Reload the model a failed restore left merged, and say how that went; when it fails, every later sync
+        tries again and, until it works, refuses (`refuse`)."""
+        try:
+            reloaded = self.unrestored.reload()
+        except Exception as error:  # noqa: BLE001  (said, and the next sync refuses)
+            message = (f"Uncond Lab: the loaded weights may still hold a merge, and reloading the checkpoint "
+                       f"failed: {error}. Load a checkpoint (or restart the WebUI) before generating")
+            self.log(message)
+            if refuse:
+                raise MergeUnrestoredError(message) from error
+            return message
+        self.unrestored = None
+        message = ("Uncond Lab reloaded the checkpoint from disk, so the loaded weights are its file's, without the "
+                   "merge: generate again" if reloaded else "The model has been replaced since: no merge is left")
+        self.log(message)
+        return message
 
     def applied_ratios(self) -> dict[str, float | None]:
         """{group: ratio} now in the weights; {} without a session."""
