@@ -98,6 +98,15 @@ def test_lookup_is_case_insensitive_and_knows_aliases():
     assert rf_sampler_policy("ddim").action == REFUSE
 
 
+def test_a_relabelled_sampler_is_known_by_its_own_aliases():
+    # sd-dynamic-thresholding renames the sampler in process_batch and keeps its SamplerData's aliases.
+    verdict = rf_sampler_policy("Euler a_dynthres1", ["k_euler_a", "k_euler_ancestral"])
+    assert (verdict.sampler, verdict.action) == ("Euler a", SUBSTITUTE)
+    assert rf_sampler_policy("Euler_dynthres2", ["k_euler"]).action == RUN
+    assert rf_sampler_policy("DPM++ 2M", ["k_euler_a"]).sampler == "DPM++ 2M"  # the label first
+    assert rf_sampler_policy("Mystery_dynthres3", ["mystery"]).action == REFUSE
+
+
 def test_unknown_samplers_are_refused():
     verdict = rf_sampler_policy("Euler Supreme 9000")
     assert verdict.action == REFUSE and verdict.sampler == "Euler Supreme 9000" and "not a sampler" in verdict.reason

@@ -179,9 +179,13 @@ _LOOKUP = {**{label.lower(): label for label in _POLICY}, **{alias.lower(): labe
 KNOWN_SAMPLERS: tuple[str, ...] = tuple(_POLICY)
 
 
-def rf_sampler_policy(sampler_name: str) -> SamplerVerdict:
-    """The RF verdict for a WebUI sampler label or alias (case-insensitive); unknown samplers are refused."""
-    label = _LOOKUP.get(str(sampler_name).strip().lower())
+def rf_sampler_policy(sampler_name: str, aliases: Iterable[str] = ()) -> SamplerVerdict:
+    """The RF verdict for a WebUI sampler label or alias (case-insensitive); unknown samplers are refused.
+
+    `aliases` are the sampler's own (its SamplerData's): they say what the sampler is when another extension has
+    relabelled it, e.g. sd-dynamic-thresholding's "Euler a_dynthres1" keeps Euler a's aliases."""
+    label = next((_LOOKUP[key] for key in (str(name).strip().lower() for name in (sampler_name, *aliases))
+                  if key in _LOOKUP), None)
     if label is None:
         return SamplerVerdict(str(sampler_name), REFUSE, "not a sampler Uncond Lab has checked for rectified flow")
     action, reason, substitute, requires = _POLICY[label]

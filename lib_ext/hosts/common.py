@@ -102,12 +102,14 @@ def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
         return None
     has_hires = bool(getattr(p, "enable_hr", False))
     p.extra_generation_params.update(settings.infotext(has_hires=has_hires, rf_ran=plan is not None))
-    if not settings.enabled:
-        return None
-    pooled_width = host.text_pooled_width(p.sd_model) if host.is_dict_cond_model(p.sd_model) else 0
-    run = UncondRun(settings, pooled_width)
-    setattr(p, RUN_ATTR, run)
-    notes = skipped_uncond_notes(p) if settings.controls_uncond(has_hires) else []
+    notes = flow_threshold_notes(p) if plan is not None else []
+    run = None
+    if settings.enabled:
+        pooled_width = host.text_pooled_width(p.sd_model) if host.is_dict_cond_model(p.sd_model) else 0
+        run = UncondRun(settings, pooled_width)
+        setattr(p, RUN_ATTR, run)
+        if settings.controls_uncond(has_hires):
+            notes += skipped_uncond_notes(p)
     if notes:
         log.warning("Uncond Lab: %s", "; ".join(notes))
         p.extra_generation_params[NOTE_KEY] = "; ".join(notes)
@@ -343,19 +345,39 @@ def on_cfg_denoiser(params) -> None:
 def skipped_uncond_notes(p) -> list[str]:
     """Settings under which the WebUI computes no uncond on some steps, so the choice does nothing there."""
     notes = []
-    if getattr(p, "cfg_scale", None) == 1:
-        notes.append("CFG scale is 1: " + ("reForge computes no uncond at all" if host.SKIPS_UNCOND_AT_CFG1
-                                           else "the uncond does not change the result"))
+    if getattr(p, "cfg_scale", None) == 1 and not host.uses_uncond_at_cfg1(p, p.sampler_name):
+        notes.append("CFG scale is 1: " + (f"{host.WEBUI_NAME} computes no uncond at all"
+                                           if host.SKIPS_UNCOND_AT_CFG1 else "the uncond does not change the result"))
     if getattr(shared.opts, "s_min_uncond", 0) > 0:
         notes.append("negative guidance minimum sigma (NGMS) skips the uncond on low-sigma steps")
     if getattr(shared.opts, "skip_early_cond", 0) > 0:
         notes.append("'Skip early CFG' skips the uncond on the first steps")
-    if getattr(p, "enable_hr", False) and getattr(p, "hr_cfg", None) == 1 and host.SKIPS_UNCOND_AT_CFG1:
-        notes.append("the hires pass runs at CFG 1 (reForge's hires CFG), so it computes no uncond")
+    hires_sampler = pass_value(getattr(p, "hr_sampler_name", None)) or p.sampler_name
+    if (getattr(p, "enable_hr", False) and getattr(p, "hr_cfg", None) == 1 and host.SKIPS_UNCOND_AT_CFG1
+            and not host.uses_uncond_at_cfg1(p, hires_sampler)):
+        notes.append(f"the hires pass runs at CFG 1 ({host.WEBUI_NAME}'s hires CFG), so it computes no uncond")
     return notes
 
 
 # --- rectified flow ----------------------------------------------------------------------------------------
+
+def ngms_threshold(p) -> float:
+    """The negative guidance minimum sigma of this generation (p's, which A1111 and Neo use; else the option)."""
+    value = getattr(p, "s_min_uncond", None)
+    return float(value if value is not None else getattr(shared.opts, "s_min_uncond", 0.0) or 0.0)
+
+
+def flow_threshold_notes(p) -> list[str]:
+    """WebUI thresholds in eps sigma units that RF's sigmas (1 down to 0) meet differently, said, not changed."""
+    ngms = ngms_threshold(p)
+    if ngms <= 0:
+        return []
+    every = "every step" if getattr(shared.opts, "s_min_uncond_all", False) else "every other step"
+    where = f"on {every}" if ngms >= 1 else f"on {every} below sigma {ngms:g}"
+    # The eps sigma s is a noise-to-signal ratio; the flow sigma with that ratio is t = s / (1 + s).
+    return [f"NGMS {ngms:g} is compared with RF's sigmas (1 down to 0), so it skips the uncond {where}; the "
+            f"flow sigma matching eps sigma {ngms:g} is {ngms / (1 + ngms):.3g}"]
+
 # Decided once per generation in process() (the last hook that can stop it with a message); installed per
 # sampler run in process_before_every_sampling on per-run objects only (host.install_flow), so nothing global
 # is left to undo after an error or an interrupt.

@@ -173,6 +173,13 @@ def sigma_churn(p, sampler_name: str) -> float:
     return float(getattr(shared.opts, "s_churn", getattr(p, "s_churn", 0.0)) or 0.0)
 
 
+def uses_uncond_at_cfg1(p, sampler_name: str) -> bool:
+    """The cfg1 optimisation is off for the CFG++ samplers (Neo lists none today; they step along the uncond prediction) and for any
+    patch that sets `disable_cfg1_optimization` on the UNet (SAG, PAG, APG: read once they patched)."""
+    unet = p.sd_model.forge_objects.unet
+    return "CFG++" in sampler_name or bool(unet.model_options.get("disable_cfg1_optimization"))
+
+
 def competing_model_sampling(p) -> str | None:
     """Neo has no script that replaces the model's sampling (its own flow for "rectified" checkpoints is the
     model's, and RF replaces it for the run like any other predictor)."""

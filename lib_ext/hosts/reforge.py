@@ -23,6 +23,7 @@ log = logging.getLogger("uncond_lab")
 
 # reForge drops the uncond at CFG 1 (ldm_patched samplers.sampling_function's cfg1 optimisation).
 SKIPS_UNCOND_AT_CFG1 = True
+WEBUI_NAME = "reForge"
 
 
 def current_sigma(params) -> float:
@@ -194,6 +195,13 @@ def sigma_churn(p, sampler_name: str) -> float:
     return float(getattr(shared.opts, "s_churn", getattr(p, "s_churn", 0.0)) or 0.0)
 
 
+def uses_uncond_at_cfg1(p, sampler_name: str) -> bool:
+    """The cfg1 optimisation is off for the CFG++ samplers (they step along the uncond prediction) and for any
+    patch that sets `disable_cfg1_optimization` on the UNet (SAG, PAG, APG: read once they patched)."""
+    unet = p.sd_model.forge_objects.unet
+    return "CFG++" in sampler_name or bool(unet.model_options.get("disable_cfg1_optimization"))
+
+
 def competing_model_sampling(p) -> str | None:
     """Advanced Model Sampling, when enabled for this generation: it patches model_sampling and the sampler's
     model_wrap in its own process_before_every_sampling, whatever its mode."""
@@ -250,7 +258,7 @@ def install_flow(p, plan: RfPlan, x: torch.Tensor | None, noise: torch.Tensor | 
         denoiser.sigmas = flow_sampling.sigmas.float()  # the model sampling's own table, value for value
         denoiser.log_sigmas = denoiser.sigmas.log()
         func = sampler.func
-        if rf_sampler_policy(sampler.config.name).action == SUBSTITUTE:
+        if rf_sampler_policy(sampler.config.name, sampler.config.aliases).action == SUBSTITUTE:
             func = seeded_euler_ancestral_rf(lambda: sd_samplers_common.sampling.torch.randn_like)
         get_sigmas = checked_flow_sigmas(sampler.get_sigmas)
         sample, sample_img2img = _restoring_model_sampling(sampler.sample), _restoring_model_sampling(
