@@ -37,7 +37,8 @@ else:
         def postprocess(self, p, processed, *args):
             run = common.current_run(p)
             common.end_run(p)
-            if run is not None and run.settings.compare and not compare_grid.is_variant(p):
+            if run is not None and run.settings.compare and not compare_grid.is_variant(p) \
+                    and not getattr(p, "_ad_inner", False):  # not for each face ADetailer inpaints
                 compare_grid.run_compare(p, processed, run.settings)
 
 

@@ -291,8 +291,11 @@ def _restoring_model_sampling(run):
 # --- merge: weight patches on clones of reForge's patchers (lib_ext/hosts/forge_patches.py, shared with Neo) -----
 
 MERGE_SOURCES_OPTION = None  # no setting: the patches always read the mapped files
-MERGE = ForgePatchMerge("reForge", WeightAdapterBase, get_key_weight,
-                        model_config_of=lambda unet: unet.model.model_config)
+# In place for the text encoders: reForge hands SDXL's OpenCLIP embedder a reference to clip_g's text_projection
+# parameter (modules_forge/forge_loader.py) and computes the pooled output from that reference
+# (forge_clip.py CLIP_SD_XL_G), so a patch that replaced the parameter would leave the pooled output model A's.
+MERGE = ForgePatchMerge(WEBUI_NAME, WeightAdapterBase, get_key_weight,
+                        model_config_of=lambda unet: unet.model.model_config, text_encoders_in_place=True)
 sync_merge, merge_batch, merge_sampling, merge_done = (MERGE.sync_merge, MERGE.merge_batch, MERGE.merge_sampling,
                                                        MERGE.merge_done)
 release_merge, merge_model_loaded, merge_status = MERGE.release_merge, MERGE.merge_model_loaded, MERGE.merge_status
