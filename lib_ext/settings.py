@@ -217,6 +217,8 @@ class Settings:
     merge_ratio: float = _setting(0.5, "Merge ratio", _merge_ratio, feature="merge")
     merge_te_ratio: float | None = _setting(None, "Merge TE ratio", _merge_te_ratio, feature="merge")
     merge_blocks: str = _setting("", "Merge blocks", _merge_blocks, feature="merge")
+    # Sample as ComfyUI's KSampler does (lib_ext/comfy_sampling.py), this generation only.
+    comfy_sampling: bool = _setting(False, "ComfyUI sampling", _as_bool, feature="sampling")
 
     def __post_init__(self):
         for prefix in ("", "hr_"):
@@ -290,7 +292,7 @@ class Settings:
     def infotext(self, has_hires: bool = False, rf_ran: bool = False) -> dict[str, Any]:
         """Infotext entries: the uncond keys when the uncond control changes some pass (hires keys only when a
         hires pass ran), the RF keys when the generation really samples as rectified flow (the multiplier only
-        when it is not the default)."""
+        when it is not the default), "ComfyUI sampling" when it is on."""
         names = []
         if self.controls_uncond(has_hires):
             if self.zero_weight is not None:
@@ -303,6 +305,8 @@ class Settings:
             names.append("shift")
             if self.multiplier != DEFAULT_MULTIPLIER:
                 names.append("multiplier")
+        if self.comfy_sampling:
+            names.append("comfy_sampling")
         return {FIELD_BY_NAME[n].metadata["label"]: getattr(self, n) for n in names}
 
     def merge_infotext(self) -> dict[str, Any]:
@@ -344,6 +348,7 @@ class Settings:
         if uncond_found:
             found["enabled"] = True
         found["rf"] = PREDICTIONS["shift" in found or "multiplier" in found]
+        found["comfy_sampling"] = found.get("comfy_sampling", False)  # written exactly when it was on
         return found
 
 

@@ -22,6 +22,9 @@ else:
             self.paste_field_names = accordion.paste_field_names()
             return controls
 
+        def before_process(self, p, *args):
+            common.before_generation(p, args)
+
         def process(self, p, *args):
             common.start_run(p, args)
 

@@ -124,9 +124,9 @@ def test_hires_keys_only_when_a_hires_pass_ran():
 
 def test_paste_skips_hostile_values_instead_of_failing():
     ui = Settings.infotext_to_ui({"Uncond zero weight": "1e309", "Uncond start": "0.2", "Uncond hires": "<script>"})
-    assert ui == {"start": 0.2, "enabled": True, "rf": PREDICTIONS[False]}
+    assert ui == {"start": 0.2, "enabled": True, "rf": PREDICTIONS[False], "comfy_sampling": False}
     # Not ours: the uncond control stays off and the prediction is the model's own, as it was for that picture.
-    assert Settings.infotext_to_ui({"Steps": "20"}) == {"rf": PREDICTIONS[False]}
+    assert Settings.infotext_to_ui({"Steps": "20"}) == {"rf": PREDICTIONS[False], "comfy_sampling": False}
 
 
 def test_frozen():
@@ -179,7 +179,7 @@ def test_rf_is_independent_of_the_uncond_switch():
     assert s.schedule(hires=False) is None
     assert s.infotext(has_hires=True, rf_ran=True) == {"RF shift": 3.0}
     ui = Settings.infotext_to_ui({"RF shift": "3.0"})
-    assert ui == {"shift": 3.0, "rf": PREDICTIONS[True]}
+    assert ui == {"shift": 3.0, "rf": PREDICTIONS[True], "comfy_sampling": False}
     assert Settings.from_dict(ui) == s
 
 
@@ -211,7 +211,21 @@ def test_merge_fields_are_appended_after_the_rf_fields():
     assert names[:8] == ["enabled", "zero_weight", "start", "end", "hr_mode", "hr_zero_weight", "hr_start", "hr_end"]
     assert names[8:] == ["compare", "rf", "shift", "multiplier",
                          "merge_model", "merge_method", "merge_model_c", "merge_ratio", "merge_te_ratio",
-                         "merge_blocks"]
+                         "merge_blocks", "comfy_sampling"]
+
+
+def test_comfy_sampling_is_written_when_on_and_pastes_back_off_when_absent():
+    on = Settings.from_dict({"comfy_sampling": True})
+    assert on.infotext() == {"ComfyUI sampling": True} and Settings().infotext() == {}
+    assert Settings.infotext_to_ui({"ComfyUI sampling": "True"})["comfy_sampling"] is True
+    assert Settings.infotext_to_ui({"Uncond start": "0.2"})["comfy_sampling"] is False  # made without it
+
+
+def test_comfy_sampling_options_leave_the_flow_noise_alone():
+    from lib_ext.comfy_sampling import comfy_sampling_options
+    assert comfy_sampling_options(rectified_flow=False) == {"randn_source": "CPU", "sgm_noise_multiplier": True,
+                                                            "enable_quantization": True}
+    assert comfy_sampling_options(rectified_flow=True) == {"randn_source": "CPU"}
 
 
 def test_no_merge_by_default_and_for_none_spellings():

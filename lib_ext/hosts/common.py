@@ -16,6 +16,7 @@ import torch
 from modules import devices, prompt_parser, scripts, sd_models, sd_samplers, sd_schedulers, sd_vae, shared
 
 from lib_ext import adetailer
+from lib_ext.comfy_sampling import comfy_sampling_options
 from lib_ext.flow import (RF_SCHEDULER_LABEL, RF_SCHEDULER_NAME, GenerationFacts, RfPlan, flow_scheduler, pass_value,
                           resolve_rf, rf_problems, rf_schedule_without_rf)
 from lib_ext.hosts import host
@@ -81,6 +82,25 @@ def encode_null_uncond(p) -> Cond:
 
 
 # --- the generation --------------------------------------------------------------------------------------
+
+def before_generation(p, script_args: Sequence[Any]) -> None:
+    """before_process (before the WebUI applies `p.override_settings`): the options that make this generation
+    sample as ComfyUI does, as overrides the WebUI restores afterwards."""
+    try:
+        settings = settings_for(p, script_args)
+    except SettingsError:
+        return  # process() refuses the generation with the message
+    if not settings.comfy_sampling:
+        return
+    rf_on, _ = resolve_rf(settings.rf, checkpoint_metadata(p), is_sd3=bool(getattr(p.sd_model, "is_sd3", False)))
+    opts = shared.opts
+    for key, value in comfy_sampling_options(rectified_flow=rf_on).items():
+        if key not in opts.data_labels:
+            continue  # not an option of this WebUI (Neo has no quantization switch)
+        # The WebUI restores only the overridden options that are in opts.data; a default-valued one must be.
+        opts.data.setdefault(key, opts.get_default(key))
+        p.override_settings[key] = value
+
 
 def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
     """Bring the weights to this generation's merge (or back to the originals), decide its rectified flow, and
@@ -574,12 +594,28 @@ def rf_shift_axis(xyz):
     return xyz.AxisOption("[Uncond Lab] RF shift", float, apply, confirm=confirm)
 
 
+def comfy_sampling_axis(xyz):
+    """true/false: the cells sample as ComfyUI's KSampler or as the WebUI does (the options it sets are
+    overrides of that cell's generation only)."""
+    def apply(p, value, values):
+        add_overrides(p, comfy_sampling=value)
+
+    def parse(text):
+        try:
+            return Settings.from_dict({"comfy_sampling": text.strip()}).comfy_sampling
+        except SettingsError as error:
+            raise RuntimeError(str(error)) from None
+
+    return xyz.AxisOption("[Uncond Lab] ComfyUI sampling", parse, apply, choices=lambda: ["true", "false"])
+
+
 def uncond_axes(xyz) -> list:
     return [
         fraction_axis(xyz, "[Uncond Lab] Zero weight", "zero_weight"),
         fraction_axis(xyz, "[Uncond Lab] Start", "start"),
         fraction_axis(xyz, "[Uncond Lab] End", "end"),
         rf_shift_axis(xyz),
+        comfy_sampling_axis(xyz),
     ]
 
 

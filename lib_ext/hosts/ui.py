@@ -67,6 +67,9 @@ class UncondAccordion:
                 elem_id=self.elem_id("compare"))
         self._rf_section(defaults)
         self._merge_section(defaults)
+        self.controls["comfy_sampling"] = gr.Checkbox(
+            defaults.comfy_sampling, label="Uncond Lab: sample as ComfyUI's KSampler (SGM noise multiplier, "
+            "timestep quantization, CPU noise; this generation only)", elem_id=self.elem_id("comfy_sampling"))
         return [self.controls[name] for name in FIELD_BY_NAME]
 
     def _rf_section(self, defaults: Settings) -> None:
