@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.webui.client import ApiError
-from tests.webui.conftest import SDXL, sdxl_model
+from tests.webui.conftest import SD15, SDXL, sdxl_model
 from tests.webui.test_merge_e2e import gradio_call
 
 SMALL_PROBE = {"latent_shape": [4, 16, 16], "levels": 6, "seeds": [0, 1], "cfg_scale": 7}
@@ -49,6 +49,29 @@ def test_probe_of_sd15(sd15):
 
 def test_probe_of_sd15_with_zero_text_encoder_scores_zero(webui, no_norm_emphasis):
     check_zero_text_encoder_scores_zero(webui, "uncondlab-tiny-sd15-zero-te")
+
+
+def test_probe_names_the_emphasis_setting_when_it_makes_te_empty_nan(webui):
+    """The default emphasis rescales a cond by old mean / new mean: 0 / 0 for a text encoder that outputs zeros.
+    The probe says so and which setting fixes it, in a shelf row too, instead of an empty score."""
+    before = webui.get("/sdapi/v1/options")["emphasis"]
+    webui.post("/sdapi/v1/options", {"emphasis": "Original"})
+    try:
+        webui.use_checkpoint("uncondlab-tiny-sd15-zero-te")
+        try:
+            result = probe(webui, seeds=fresh_seeds())
+        except ApiError as error:
+            assert error.status == 422, error.body
+            assert "holds NaN before any UNet call" in error.body and "Emphasis mode to 'No norm'" in error.body
+        else:  # a WebUI whose "Original" emphasis leaves an all-zero cond alone
+            assert webui.kind == "forge_neo" and result["score"] == 0.0
+        webui.use_checkpoint(SD15)
+        shelf = probe(webui, seeds=fresh_seeds(), checkpoints=["uncondlab-tiny-sd15-zero-te"])
+        error = shelf["columns"]["error"][1]
+        assert error is None or "Emphasis mode to 'No norm'" in error
+    finally:
+        webui.post("/sdapi/v1/options", {"emphasis": before})
+        webui.use_checkpoint(SD15)
 
 
 def test_probe_of_sdxl(sdxl):
