@@ -417,3 +417,117 @@ def test_cli_blocks_and_saved_metadata(models, tmp_path, capsys):
     assert "values; this model needs" in capsys.readouterr().err
     assert main([paths["A"], paths["B"], "--ratio", "0.5", "--blocks", "IN04=9", "--out-dir", str(out)]) == 2
     assert "got '9'" in capsys.readouterr().err
+
+
+# --- ComfyUI's argument names ---------------------------------------------------------------------------------
+
+# ModelMergeSDXL's and ModelMergeSD1's arguments in their INPUT_TYPES order, spelled as ComfyUI spells them
+# (comfy_extras/nodes_model_merging_model_specific.py, ComfyUI v0.8.0): SDXL's numbered names have no trailing dot.
+SDXL_NODE = ("time_embed.", "label_emb.", *(f"input_blocks.{i}" for i in range(9)),
+             *(f"middle_block.{i}" for i in range(3)), *(f"output_blocks.{i}" for i in range(9)), "out.")
+SD1_NODE = ("time_embed.", "label_emb.", *(f"input_blocks.{i}." for i in range(12)),
+            *(f"middle_block.{i}." for i in range(3)), *(f"output_blocks.{i}." for i in range(12)), "out.")
+
+
+def comfy_model1_share(arguments: dict[str, float], key: str) -> float:
+    """ComfyUI's ModelMergeBlocks.merge written out again from comfy_extras/nodes_model_merging.py (independently of
+    blocks.py): the longest argument the key (without 'diffusion_model.') starts with, else the first argument."""
+    k_unet = key[len(UNET):]
+    ratio = next(iter(arguments.values()))
+    last_arg_size = 0
+    for arg in arguments:
+        if k_unet.startswith(arg) and last_arg_size < len(arg):
+            ratio = arguments[arg]
+            last_arg_size = len(arg)
+    return ratio
+
+
+def node_values(names, middle=0.5) -> dict[str, float]:
+    """Every argument a different value (the three middle ones equal: Uncond Lab has one middle slot)."""
+    return {name: middle if name.startswith("middle_block") else round(0.01 + i / 40, 4) for i, name in enumerate(names)}
+
+
+COMFY_CASES = [
+    ("sdxl", {"input": 0.3, "middle": 1.0, "out": 0.7}),  # ModelMergeBlocks: input also covers time/label
+    ("sdxl", {"out": 0.2, "input": 0.9, "middle": 0.4}),  # API input order: the first argument is the default
+    ("sdxl", node_values(SDXL_NODE)),
+    ("sdxl", {"input_blocks.4": 0.2, "out.": 0.9}),  # a partial set: everything else takes the first value
+    ("sd15", {"input": 0.25, "middle": 0.0, "out": 1.0}),
+    ("sd15", node_values(SD1_NODE)),
+    ("sd15", {"input_blocks.1.": 0.1, "input": 0.6, "middle": 0.6, "out": 0.4}),  # block 1 is not 10, 11
+    ("sd15", {"middle": 0.5, "time_embed.": 0.0, "out.": 1.0}),
+]
+
+
+@pytest.mark.parametrize("family, arguments", COMFY_CASES)
+def test_comfy_names_give_every_real_unet_key_comfyuis_share(family, arguments):
+    keys = sd15_unet_keys() if family == "sd15" else sdxl_unet_keys()
+    layout = BlockLayout.from_keys(keys)
+    text = ", ".join(f"{name}={value}" for name, value in arguments.items())
+    weights = parse_blocks(text)
+    assert weights.sets_every_unet_slot and weights.base is None
+    ratios = weights.slot_ratios(layout, 0.123, 0.5)  # merge_ratio is not used by the UNet
+    assert ratios["BASE"] == 0.5
+    for key in keys:
+        assert ratios[unet_slot(key)] == 1.0 - comfy_model1_share(arguments, key), key  # B's share, exactly
+    # the canonical text keeps ComfyUI's names (ModelMergeSDXL's spelling), values and order
+    assert [name for name, _ in weights.comfy] == [name.rstrip(".") if name[-2].isdigit() else name
+                                                   for name in arguments]
+    assert parse_blocks(weights.text) == weights and [v for _, v in weights.comfy] == list(arguments.values())
+
+
+def test_comfy_block_examples():
+    ratios = parse_blocks("input=0.3, middle=1, out=0.7").slot_ratios(SDXL, 0.5, 0.5)
+    assert ratios["TIME"] == ratios["LABEL"] == ratios["IN08"] == 1.0 - 0.3
+    assert ratios["M00"] == 0.0 and ratios["OUT00"] == ratios["OUT_FINAL"] == 1.0 - 0.7
+    assert parse_blocks(" Input = 0.3 ,MIDDLE=1, out=0.7").text == "input=0.3, middle=1, out=0.7"
+    # `out.` is the final layer alone; `out` (ModelMergeBlocks) the whole output side
+    final = parse_blocks("input=1, out.=0").slot_ratios(SD15, 0.5, 0.5)
+    assert final["OUT_FINAL"] == 1.0 and final["OUT11"] == 0.0 and final["M00"] == 0.0
+    # equal middle values are one M00
+    middle = parse_blocks("input=0.1, middle_block.0=0.5, middle_block.1=0.5, middle_block.2.=0.5")
+    assert middle.slot_ratios(SDXL, 0, 0)["M00"] == 0.5
+    assert middle.text == "input=0.1, middle_block.0=0.5, middle_block.1=0.5, middle_block.2=0.5"
+    assert parse_blocks("time_embed=0.2, label_emb.=0.4").text == "time_embed.=0.2, label_emb.=0.4"
+    # `out` alone is still Uncond Lab's OUT group (B's share), as before ComfyUI names were accepted
+    assert parse_blocks("out=0.7").items == (("OUT", 0.7),) and parse_blocks("IN04=1, out=0").text == "IN04=1, OUT=0"
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("input=0.3, middle_block.0=0.5", "gives middle_block.0/1/2 the values 0.5, 0.3, 0.3"),
+    ("middle=1, middle_block.1=0.5", "values 1, 0.5, 1"),
+    ("input=0.5, IN04=1", "'IN04=1' is not a ComfyUI argument"),
+    ("IN04=1, input=0.5", "'IN04=1' is not a ComfyUI argument"),
+    ("input=0.5, gradient-up", "'gradient-up' is not a ComfyUI argument"),
+    ("input=0.5, BASE=0", "'BASE=0' is not a ComfyUI argument"),
+    ("input=0.5, input=0.6", "'input' is named twice"),
+    ("time_embed=0.5, time_embed.=0.2", "'time_embed.' is named twice"),
+    ("input=3", "the value of input must be a number in [-1, 2], got '3'"),
+    ("input_blocks.12=1", "unknown slot 'input_blocks.12'"),
+    ("middle_block.3=1", "or ComfyUI's argument names alone"),
+    ("input_blocks.0-input_blocks.3=1", "unknown slot"),
+])
+def test_bad_comfy_values_are_refused_naming_the_value(value, fragment):
+    with pytest.raises(BlocksError, match=re.escape(fragment)):
+        parse_blocks(value)
+
+
+def test_comfy_names_through_the_engine_and_settings(models):
+    from lib_ext.settings import Settings
+    family, paths = models
+    arguments = {"input": 0.3, "middle": 1.0, "out": 0.7}
+    expected = reference_merge(paths, "weighted_sum", lambda key: 1.0 - comfy_model1_share(arguments, key)
+                               if key.startswith(UNET) else 0.0)
+    recipe = recipe_for(paths, unet_ratio=0.0, te_ratio=0.0, include_vae=False, blocks="input=0.3, middle=1, out=0.7")
+    live = live_copy(paths["A"])
+    with InPlaceMerge(recipe, live, placement="mapped") as merge:
+        merge.apply_recipe(recipe)
+        for key in live:
+            assert_bits_equal(live[key], expected[key], key)
+    settings = Settings.from_dict({"merge_model": "b", "merge_blocks": "Input=0.3,middle=1 , out=0.7",
+                                   "merge_te_ratio": 0})
+    assert settings.merge_blocks == "input=0.3, middle=1, out=0.7"
+    # merge_ratio is the VAE's when it follows the UNet: 0 keeps A's VAE, as ComfyUI's merge nodes do
+    with_vae = MergeRecipe("weighted_sum", "a", "b", unet_ratio=0.0, te_ratio=0.0, include_vae=True,
+                           blocks=settings.merge_blocks)
+    assert with_vae.group_ratios() == {"unet": 0.0, "te": 0.0, "vae": 0.0}

@@ -23,6 +23,25 @@ layout, and a block-weighted merge of it is refused.
                     ones. UNet slots not named take `merge_ratio`; the text encoders take BASE if named, else
                     `merge_te_ratio` as without blocks.
     a preset        a name from PRESETS (may be followed by assignments: `input-only, M00=0.5`).
+    ComfyUI names   the arguments of ComfyUI's block-merge nodes, with ComfyUI's values and rule (below):
+                    `input=0.3, middle=1, out=0.7` (ModelMergeBlocks), or `time_embed.`, `label_emb.`,
+                    `input_blocks.0`…, `middle_block.0`…`middle_block.2`, `output_blocks.0`…, `out.` (ModelMergeSDXL;
+                    ModelMergeSD1's `input_blocks.0.` etc. too: the trailing dot is optional, except in `out.`,
+                    which is the final layer alone while `out` is ModelMergeBlocks' whole output side).
+
+ComfyUI's rule (comfy_extras/nodes_model_merging.py, ModelMergeBlocks.merge, which ModelMergeSD1/SDXL inherit from
+comfy_extras/nodes_model_merging_model_specific.py; ComfyUI v0.8.0): every UNet key (without `diffusion_model.`)
+takes the value of the longest argument name it starts with, and a key no name matches takes the FIRST argument's
+value (so ModelMergeBlocks' `input` also covers time_embed and label_emb, and `out` covers output_blocks and
+`out.`). The value is model 1's (A's) share: `add_patches(model2, 1 - ratio, ratio)` makes ratio·A + (1 − ratio)·B,
+so a slot's ratio here (B's share) is 1 − value. Argument order matters (the first is the default), so the
+canonical text keeps the order given (ComfyUI's: the node's widget order, or the API prompt's input order).
+Uncond Lab has one middle slot (M00): `middle_block.0/1/2` must end up with one value. A numbered name is one block
+(`input_blocks.1` is never blocks 10 and 11, as ModelMergeSD1's dotted names; ModelMergeSDXL's dotless names only
+differ on a UNet with 10+ blocks, which is not SDXL). ComfyUI names cover every UNet key, so merge_ratio is not used
+by the UNet; a checkpoint VAE that follows the UNet ratio takes merge_ratio (0 keeps A's VAE, as ComfyUI's merge
+nodes do, which never touch the VAE). ComfyUI names are not mixed with slots or presets in one value; `out` alone
+(without another ComfyUI name) stays Uncond Lab's OUT group, as before.
 """
 from __future__ import annotations
 
@@ -162,6 +181,78 @@ PRESETS: dict[str, tuple[str, Callable[[BlockLayout], dict[str, float]] | None]]
 PRESET_NAMES = tuple(PRESETS)
 
 
+# --- ComfyUI's argument names -------------------------------------------------------------------------------
+
+COMFY_BLOCKS_NAMES = ("input", "middle", "out")  # ModelMergeBlocks' arguments
+_COMFY_NUMBERED = re.compile(r"^(input_blocks|middle_block|output_blocks)\.(0|[1-9]\d?)\.?$")
+_COMFY_COUNTS = {"input_blocks": 12, "middle_block": 3, "output_blocks": 12}  # ModelMergeSD1's (SDXL: 9, 3, 9)
+_COMFY_MIDDLE = tuple(f"middle_block.{i}." for i in range(3))
+
+
+def comfy_name(name: str) -> str | None:
+    """The canonical spelling (ModelMergeSDXL's) of a ComfyUI block-merge argument, None if `name` is not one."""
+    name = re.sub(r"\s+", "", name.lower())
+    if name in ("input", "middle", "out", "out."):
+        return name
+    if name.rstrip(".") in ("time_embed", "label_emb"):
+        return name.rstrip(".") + "."
+    numbered = _COMFY_NUMBERED.match(name)
+    if numbered and int(numbered.group(2)) < _COMFY_COUNTS[numbered.group(1)]:
+        return f"{numbered.group(1)}.{numbered.group(2)}"
+    return None
+
+
+def _comfy_prefix(name: str) -> str:
+    """What ComfyUI matches keys against: a numbered block with its dot (block 1 is not blocks 10, 11)."""
+    return name + "." if _COMFY_NUMBERED.match(name) else name
+
+
+def comfy_share(arguments: tuple[tuple[str, float], ...], unet_key: str) -> float:
+    """ComfyUI's ModelMergeBlocks rule for one UNet key without `diffusion_model.`: the value of the longest
+    argument the key starts with, else the first argument's. The value is model 1's (A's) share."""
+    value, longest = arguments[0][1], 0
+    for name, share in arguments:
+        prefix = _comfy_prefix(name)
+        if unet_key.startswith(prefix) and len(prefix) > longest:
+            value, longest = share, len(prefix)
+    return value
+
+
+def _slot_key_prefix(slot: str) -> str:
+    """The key prefix every UNet key of a slot starts with (M00: its first sub-block; the three agree)."""
+    numbered = _SLOT_NAME.match(slot)
+    if numbered:
+        return f"{'input_blocks' if numbered.group(1) == 'IN' else 'output_blocks'}.{int(numbered.group(2))}."
+    return {TIME: "time_embed.", LABEL: "label_emb.", MIDDLE: _COMFY_MIDDLE[0], OUT_FINAL: "out."}[slot]
+
+
+def _comfy_arguments(tokens: list[str], text: str) -> tuple[tuple[str, float], ...]:
+    """`name=value` items in ComfyUI names → ((name, value), ...) in the order given, checked."""
+    arguments: list[tuple[str, float]] = []
+    for token in tokens:
+        name, equals, number = token.partition("=")
+        canonical = comfy_name(name) if equals else None
+        if canonical is None:
+            raise BlocksError(f"merge_blocks: {token.strip()!r} is not a ComfyUI argument (input, middle, out; "
+                              "time_embed., label_emb., input_blocks.N, middle_block.N, output_blocks.N, out.), and "
+                              f"ComfyUI names are not mixed with Uncond Lab slots or presets in {text!r:.200}")
+        if any(canonical == seen for seen, _ in arguments):
+            raise BlocksError(f"merge_blocks: ComfyUI argument {canonical!r} is named twice in {text!r:.200}")
+        arguments.append((canonical, _value(number.strip(), f"the value of {canonical}")))
+    middle = [comfy_share(tuple(arguments), prefix) for prefix in _COMFY_MIDDLE]
+    if len(set(middle)) > 1:
+        raise BlocksError(f"merge_blocks: {text!r:.200} gives middle_block.0/1/2 the values "
+                          f"{', '.join(map(_number, middle))} (ComfyUI's rule); Uncond Lab has one middle slot (M00), "
+                          "so they must be equal")
+    return tuple(arguments)
+
+
+def _is_comfy_form(tokens: list[str]) -> bool:
+    """Whether a value names a ComfyUI argument that cannot be an Uncond Lab slot (`out` alone is the OUT group)."""
+    names = (comfy_name(t.partition("=")[0]) for t in tokens if "=" in t)
+    return any(name not in (None, "out") for name in names)
+
+
 # --- parsing ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -169,12 +260,15 @@ class BlockWeights:
     """A parsed merge_blocks value: a full vector, or items (presets and assignments) applied in order."""
     vector: tuple[float, ...] | None = None
     items: tuple[tuple[str, float | None], ...] = ()  # (preset name, None) or (slot/range/group, value)
+    comfy: tuple[tuple[str, float], ...] = ()  # ComfyUI (argument, model 1's share) in ComfyUI's order
 
     @property
     def text(self) -> str:
         """The canonical text (what infotext, metadata and the recipe hold); parse_blocks(text) gives self."""
         if self.vector is not None:
             return ",".join(_number(v) for v in self.vector)
+        if self.comfy:
+            return ", ".join(f"{name}={_number(value)}" for name, value in self.comfy)
         return ", ".join(name if value is None else f"{name}={_number(value)}" for name, value in self.items)
 
     @property
@@ -190,8 +284,8 @@ class BlockWeights:
 
     @property
     def sets_every_unet_slot(self) -> bool:
-        """A full vector or a preset with values (then merge_ratio is not used by the UNet)."""
-        return self.vector is not None or any(value is None and PRESETS[name][1] is not None
+        """A full vector, ComfyUI names or a preset with values (then merge_ratio is not used by the UNet)."""
+        return self.vector is not None or bool(self.comfy) or any(value is None and PRESETS[name][1] is not None
                                               for name, value in self.items)
 
     def slot_ratios(self, layout: BlockLayout | None, unet_ratio: float, te_ratio: float) -> dict[str, float]:
@@ -202,6 +296,9 @@ class BlockWeights:
                               "(not an SD1.x/SD2.x/SDXL UNet), so it cannot be merged per block")
         ratios = {slot: unet_ratio for slot in layout.unet_slots}
         ratios[BASE] = te_ratio
+        if self.comfy:  # B's share is 1 − ComfyUI's value (model 1's share), exactly as ComfyUI computes it
+            ratios.update((slot, 1.0 - comfy_share(self.comfy, _slot_key_prefix(slot))) for slot in layout.unet_slots)
+            return ratios
         if self.vector is not None:
             if len(self.vector) != len(layout.vector_slots):
                 raise BlocksError(f"merge_blocks has {len(self.vector)} values; this model needs "
@@ -248,8 +345,9 @@ def _check_target(name: str) -> str:
     canonical = re.sub(r"\s+", "", name.upper())
     if not _TARGET.match(canonical):
         raise BlocksError(f"merge_blocks: unknown slot {name.strip()!r}; use BASE, TIME, LABEL, IN00…, M00, OUT00…, "
-                          "OUT_FINAL, a range (IN00-IN05), a group (IN, M, OUT), or a preset "
-                          f"({', '.join(PRESET_NAMES)})")
+                          "OUT_FINAL, a range (IN00-IN05), a group (IN, M, OUT), a preset "
+                          f"({', '.join(PRESET_NAMES)}), or ComfyUI's argument names alone (input, middle, out; "
+                          "time_embed., label_emb., input_blocks.N, middle_block.N, output_blocks.N, out.)")
     return canonical
 
 
@@ -299,6 +397,8 @@ def parse_blocks(value: Any) -> BlockWeights | None:
         raise BlocksError(f"merge_blocks: an empty item in {text!r:.200}")
     if all(_is_number(t) for t in tokens):
         return BlockWeights(vector=tuple(_value(t, f"value {i + 1} of the vector") for i, t in enumerate(tokens)))
+    if _is_comfy_form(tokens):
+        return BlockWeights(comfy=_comfy_arguments(tokens, text))
     items: list[tuple[str, float | None]] = []
     for token in tokens:
         name, equals, number = token.partition("=")
