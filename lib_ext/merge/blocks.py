@@ -218,7 +218,7 @@ def comfy_share(arguments: tuple[tuple[str, float], ...], unet_key: str) -> floa
     return value
 
 
-def _slot_key_prefix(slot: str) -> str:
+def slot_key_prefix(slot: str) -> str:
     """The key prefix every UNet key of a slot starts with (M00: its first sub-block; the three agree)."""
     numbered = _SLOT_NAME.match(slot)
     if numbered:
@@ -297,7 +297,7 @@ class BlockWeights:
         ratios = {slot: unet_ratio for slot in layout.unet_slots}
         ratios[BASE] = te_ratio
         if self.comfy:  # B's share is 1 − ComfyUI's value (model 1's share), exactly as ComfyUI computes it
-            ratios.update((slot, 1.0 - comfy_share(self.comfy, _slot_key_prefix(slot))) for slot in layout.unet_slots)
+            ratios.update((slot, 1.0 - comfy_share(self.comfy, slot_key_prefix(slot))) for slot in layout.unet_slots)
             return ratios
         if self.vector is not None:
             if len(self.vector) != len(layout.vector_slots):
