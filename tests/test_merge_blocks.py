@@ -444,7 +444,8 @@ def comfy_model1_share(arguments: dict[str, float], key: str) -> float:
 
 def node_values(names, middle=0.5) -> dict[str, float]:
     """Every argument a different value (the three middle ones equal: Uncond Lab has one middle slot)."""
-    return {name: middle if name.startswith("middle_block") else round(0.01 + i / 40, 4) for i, name in enumerate(names)}
+    return {name: middle if name.startswith("middle_block") else round(0.01 + i / 40, 4)
+            for i, name in enumerate(names)}
 
 
 COMFY_CASES = [
