@@ -6,7 +6,7 @@ if not SUPPORTED:
 else:
     from modules import script_callbacks, scripts
 
-    from lib_ext.hosts import common, compare_grid, ui
+    from lib_ext.hosts import comfy_bridge, common, compare_grid, ui
 
     class UncondLabScript(scripts.Script):
         def title(self):
@@ -55,3 +55,8 @@ else:
     script_callbacks.on_model_loaded(common.merge_model_loaded, name="uncond_lab_merge")
     script_callbacks.on_script_unloaded(common.release_merge, name="uncond_lab_merge")
     script_callbacks.on_script_unloaded(common.unregister_rf_scheduler, name="uncond_lab_rf_scheduler")
+    # ComfyUI's PNGs in PNG Info; optionally ComfyUI's graph in the WebUI's PNGs (lib_ext/hosts/comfy_bridge.py).
+    comfy_bridge.install_png_info_reader()
+    script_callbacks.on_script_unloaded(comfy_bridge.remove_png_info_reader, name="uncond_lab_png_info")
+    script_callbacks.on_ui_settings(comfy_bridge.add_options, name="uncond_lab_comfy_options")
+    script_callbacks.on_before_image_saved(comfy_bridge.add_comfy_chunks, name="uncond_lab_comfy_chunks")

@@ -5,6 +5,7 @@
     export_payload(payload, family) a txt2img payload (import_graph's shape) → {"prompt": API prompt, "workflow": UI
                                     workflow, "notes": [what ComfyUI has no node for]}
     export_infotext(text, family), export_png(data, family): the same from A1111's infotext / PNG
+    payload_to_infotext(payload)    the A1111 infotext that pastes back to that payload (PNG Info of a ComfyUI PNG)
     load_graph(source)              the API form of any graph (ComfyGraph); ComfyGraphError when it is none
 
 One concept per module: png (text chunks), nodes (the node catalogue: sockets, widget order), workflow (UI → API
@@ -17,9 +18,9 @@ Round trip: import_graph(export_payload(p)["prompt"])["txt2img"] == p for a payl
 from lib_ext.comfy.errors import ComfyGraphError
 from lib_ext.comfy.from_webui import export_infotext, export_payload, export_png
 from lib_ext.comfy.graph import ComfyGraph, load_graph
-from lib_ext.comfy.infotext import infotext_to_payload, parse_infotext
+from lib_ext.comfy.infotext import infotext_to_payload, parse_infotext, payload_to_infotext
 from lib_ext.comfy.png import png_text_chunks
 from lib_ext.comfy.to_webui import import_graph
 
 __all__ = ["ComfyGraph", "ComfyGraphError", "export_infotext", "export_payload", "export_png", "import_graph",
-           "infotext_to_payload", "load_graph", "parse_infotext", "png_text_chunks"]
+           "infotext_to_payload", "load_graph", "parse_infotext", "payload_to_infotext", "png_text_chunks"]

@@ -93,3 +93,45 @@ def infotext_to_payload(text: str) -> tuple[dict[str, Any], list[str]]:
         settings = Settings()
     payload["alwayson_scripts"] = {SCRIPT_TITLE: {"args": [settings.as_dict()]}}
     return payload, notes
+
+
+def _quoted(value: Any) -> str:
+    """A value as A1111 writes it into infotext: JSON-quoted when it holds a separator (infotext_utils.quote)."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(ch in text for ch in ',\n:"') else text
+
+
+def _checkpoint_name(title: str) -> str:
+    """A checkpoint title as A1111's `Model` key holds it: the file stem, without hash or extension."""
+    name = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", title).rsplit("/", 1)[-1]
+    return re.sub(r"\.(safetensors|ckpt|pt|bin)$", "", name)
+
+
+def payload_to_infotext(payload: dict[str, Any], model_hash: str | None = None) -> str:
+    """The A1111 infotext of a txt2img payload (import_graph's shape): what pasting it (PNG Info → Send to
+    txt2img) turns back into the same settings, Uncond Lab's included. The inverse of infotext_to_payload.
+    `model_hash`: the checkpoint's short hash where the WebUI knows it (pasting switches checkpoints by it)."""
+    override = payload.get("override_settings") or {}
+    fields: dict[str, Any] = {"Steps": payload.get("steps", 20), "Sampler": payload.get("sampler_name", "Euler"),
+                              "Schedule type": payload.get("scheduler", "Automatic"),
+                              "CFG scale": payload.get("cfg_scale", 7.0), "Seed": payload.get("seed", -1),
+                              "Size": f"{payload.get('width', 512)}x{payload.get('height', 512)}"}
+    if model_hash:
+        fields["Model hash"] = model_hash
+    if override.get("sd_model_checkpoint"):
+        fields["Model"] = _checkpoint_name(override["sd_model_checkpoint"])
+    if override.get("sd_vae") and override["sd_vae"] not in ("None", "Automatic"):
+        fields["VAE"] = override["sd_vae"]
+    if (override.get("CLIP_stop_at_last_layers") or 1) > 1:
+        fields["Clip skip"] = override["CLIP_stop_at_last_layers"]
+    if override.get("randn_source", "GPU") != "GPU":
+        fields["RNG"] = override["randn_source"]
+    if override.get("sgm_noise_multiplier"):
+        fields["SGM noise multiplier"] = True
+    args = ((payload.get("alwayson_scripts") or {}).get(SCRIPT_TITLE) or {}).get("args") or [{}]
+    settings = Settings.from_dict(args[0])
+    fields.update(settings.infotext(rf_ran=settings.rf is True))
+    fields.update(settings.merge_infotext())
+    text = ", ".join(f"{key}: {_quoted(value)}" for key, value in fields.items())
+    negative = payload.get("negative_prompt") or ""
+    return f"{payload.get('prompt', '')}\n" + (f"Negative prompt: {negative}\n" if negative else "") + text
