@@ -52,12 +52,47 @@ def test_sdxl_reforge_rf_with_deep_shrink_equals_advanced_model_sampling_with_it
     before that (metadata.ini orders the script before it), so its window is in RF's sigmas, as under AMS."""
     only_on(sdxl, "reforge")
     rf = {**RF, "zero_weight": 1.0}
-    params = {"width": 128, "height": 128, "scheduler": "Simple"}
+    params = {"scheduler": "Simple"}
     shrunk = sdxl.txt2img(rf, scripts=deep_shrink(), **params).images[0]
     assert max_pixel_difference(shrunk, sdxl.txt2img(rf, **params).images[0]) > 8  # Deep Shrink acts under RF
     try:
         theirs = sdxl.txt2img(scripts={**ams(), **deep_shrink()}, **params).images[0]
         assert max_pixel_difference(shrunk, theirs) <= 1
+    finally:
+        sdxl.txt2img({"enabled": True})  # removes what Advanced Model Sampling leaves on the model
+
+
+# --- reForge's other built-ins: the uncond choice reaches them, and under RF they act as under AMS -------
+
+# Title -> args that enable it with a visible effect at 4 steps (their ui() order; reForge main).
+REFORGE_BUILTINS = {
+    "FreeU Integrated": [True, 1.5, 1.6, 0.6, 0.3],
+    "SelfAttentionGuidance Integrated": [True, 3.0, 5.0],
+    "RescaleCFG for reForge": [True, "Normal", 1.0],
+    "\"APG's now your CFG\" and Guidance Limiter for reForge": [True, -0.5, 0.0, 2.0, 0.0, False, -1.0, -1.0],
+    "Mahiro CFG for reForge": [True],
+    "DynamicThresholding (CFG-Fix) Integrated": [True, False, 3.0, 0.9, "Constant", 0.0, "Constant", 0.0, 1.0,
+                                                 "enable", "MEAN", "AD", 1.0],
+    "LatentModifier Integrated": [False, 0.0, "anisotropic", "None", True, 0.5, "reinhard", 100.0, 0.0,
+                                  False, "gaussian", "add", 0.0, 100, "subtract", 0.0, 0.0,
+                                  False, 127, 0.0, "hard_clamp", 5.0, 0.0, False, "None"],
+    "Kohya HRFix Integrated": [True, 3, 2.0, 0.0, 1.0, True, "bicubic", "bicubic"],
+}
+
+
+@pytest.mark.parametrize("title", REFORGE_BUILTINS)
+def test_sdxl_reforge_builtin_composes_with_the_uncond_choice_and_rf(sdxl, title):
+    only_on(sdxl, "reforge")
+    addon = {title: {"args": REFORGE_BUILTINS[title]}}
+    params = {"cfg_scale": 9}  # 64×64: SAG needs a latent over 4 pixels, it has 8
+    plain = sdxl.txt2img(scripts=addon, **params).images[0]
+    assert max_pixel_difference(plain, sdxl.txt2img(**params).images[0]) > 0  # the add-on acts
+    assert max_pixel_difference(sdxl.txt2img(ZERO, scripts=addon, **params).images[0], plain) == 0  # reForge's own
+    assert max_pixel_difference(sdxl.txt2img(NULL, scripts=addon, **params).images[0], plain) > 0
+    rf = sdxl.txt2img({**RF, "zero_weight": 1.0}, scripts=addon, scheduler="Simple", **params).images[0]
+    try:
+        theirs = sdxl.txt2img(scripts={**ams(), **addon}, scheduler="Simple", **params).images[0]
+        assert max_pixel_difference(rf, theirs) <= 1  # the add-on sees the same flow sampling as under AMS
     finally:
         sdxl.txt2img({"enabled": True})  # removes what Advanced Model Sampling leaves on the model
 

@@ -21,7 +21,7 @@ import pytest
 from lib_ext.merge import sanitize_checkpoint_name
 from lib_ext.settings import Settings
 from tests.webui.client import ApiError, b64_png, png_pixels
-from tests.webui.conftest import sdxl_model
+from tests.webui.conftest import SDXL_SIZE, sdxl_model
 
 
 def rgb(png: bytes) -> tuple:
@@ -37,11 +37,13 @@ def pictures(generation) -> list:
 
 PAIRS = {"sd15": ("uncondlab-tiny-sd15-a", "uncondlab-tiny-sd15-b"),
          "sdxl": (sdxl_model("a"), sdxl_model("b"))}
-# The SDXL pair shares its text encoders (conftest: --text-encoder-seed), and its merges leave them alone (text-
-# encoder ratio 0): two 1.7 B-parameter models in float32 are most of a 24 GB machine, and merging the 0.8 B of
-# text encoders would hold two more copies of them for nothing. Ratio 1 is then still model B, text encoders
-# included; test_text_encoder_ratio_and_the_cond_cache merges SDXL text encoders on their own.
-TE_RATIO = {"sd15": None, "sdxl": 0.0}  # None: the default, following the merge ratio
+# The Vega-size SDXL pair shares its text encoders (conftest: --text-encoder-seed), and its merges leave them
+# alone (text-encoder ratio 0): two 1.7 B-parameter models in float32 are most of a 24 GB machine, and merging the
+# 0.8 B of text encoders would hold two more copies of them for nothing. Ratio 1 is then still model B, text
+# encoders included; test_text_encoder_ratio_and_the_cond_cache merges SDXL text encoders on their own. The
+# base-size pair has its own text encoders and VAE each, so there they follow the merge ratio: ratio 1 is B only
+# if every text-encoder weight (CLIP-G's text_projection included) is B's.
+TE_RATIO = {"sd15": None, "sdxl": None if SDXL_SIZE == "base" else 0.0}  # None: following the merge ratio
 SDXL_ZERO_TE = sdxl_model("zero-te")
 CFGS = (3.0, 7.0)
 XYZ = "x/y/z plot"
