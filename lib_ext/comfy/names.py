@@ -91,21 +91,22 @@ def _by_label(table: dict, name: str):
     return next((value for label, value in table.items() if label.lower() == name.strip().lower()), None)
 
 
+def _import_name(table: dict, kind: str, name: str) -> tuple[str | None, str | None]:
+    found = table.get(name)
+    if found is None:
+        return None, f"{kind} {name!r} has no A1111 equivalent; {kind} left to the WebUI's default"
+    label, note = found
+    return label, None if note is None else f"{kind} {name} → {label}: {note}"
+
+
 def import_sampler(name: str) -> tuple[str | None, str | None]:
     """ComfyUI sampler_name → (A1111 label or None where A1111 has none, note)."""
-    found = COMFY_SAMPLERS.get(name)
-    if found is None:
-        return None, f"sampler {name!r} has no A1111 equivalent; sampler_name left to the WebUI's default"
-    label, note = found
-    return label, None if note is None else f"sampler {name} → {label}: {note}"
+    return _import_name(COMFY_SAMPLERS, "sampler", name)
 
 
 def import_scheduler(name: str) -> tuple[str | None, str | None]:
-    found = COMFY_SCHEDULERS.get(name)
-    if found is None:
-        return None, f"scheduler {name!r} has no A1111 equivalent; scheduler left to the WebUI's default"
-    label, note = found
-    return label, None if note is None else f"scheduler {name} → {label}: {note}"
+    """ComfyUI scheduler → (A1111 schedule type or None, note)."""
+    return _import_name(COMFY_SCHEDULERS, "scheduler", name)
 
 
 def split_sampler_name(sampler: str, scheduler: str | None) -> tuple[str, str | None]:
