@@ -94,6 +94,12 @@ FLAGS = {
 }
 
 
+# reForge patches a merge onto weights it backs up first: with SDXL base's UNet in float32 (10 GB) and its backup,
+# a merge at ratio 1 does not fit in 24 GB. Stored in float16 (computed in float32 on the CPU, as Neo's
+# --fp16-unet), the file's own precision: the pictures are the same.
+SIZE_FLAGS = {("reforge", "base"): ("--unet-in-fp16",)}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -178,7 +184,8 @@ def _start_webui(webui_dir: Path, data_dir: Path, sdxl: bool, extra_flags: tuple
     if kind == "forge_neo":  # without it Neo's launch.py asks on stdin; it loads no model before a generation
         settings["VERSION_UID"] = "PY313"
     (data_dir / "config.json").write_text(json.dumps(settings))
-    command = [python, "launch.py", *FLAGS[kind], *extra_flags, "--port", str(port), "--data-dir", str(data_dir)]
+    command = [python, "launch.py", *FLAGS[kind], *SIZE_FLAGS.get((kind, SDXL_SIZE), ()), *extra_flags,
+               "--port", str(port), "--data-dir", str(data_dir)]
     with open(log, "wb") as log_file:
         process = subprocess.Popen(command, cwd=webui_dir, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                    start_new_session=True)
