@@ -142,3 +142,11 @@ def test_fixture_workflows_are_consistent(name):
     for link_id, origin, origin_slot, target, target_slot, _ in workflow["links"]:
         assert nodes[target]["inputs"][target_slot]["link"] == link_id
         assert link_id in nodes[origin]["outputs"][origin_slot]["links"]
+
+
+def test_a_graph_wrapped_under_its_chunk_name_or_as_json_text():
+    workflow = json.loads((FIXTURES / "default_workflow.json").read_text())
+    assert load_graph({"workflow": workflow}).prompt == load_graph(workflow).prompt
+    assert load_graph({"workflow": json.dumps(workflow)}).prompt == load_graph(workflow).prompt
+    with pytest.raises(ComfyGraphError, match="'prompt' is a string that is not JSON"):
+        load_graph({"prompt": "a string"})

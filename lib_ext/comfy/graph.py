@@ -97,9 +97,15 @@ def _from_mapping(value: Mapping, source: str) -> ComfyGraph:
     if isinstance(value.get("nodes"), list):
         prompt, notes = workflow_to_prompt(value)
         return ComfyGraph(_checked_prompt(prompt), source or "workflow", notes)
-    if "prompt" in value:  # the /prompt request body, or a PNG's text chunks as a dict
-        inner = value["prompt"]
-        return _from_value(json.loads(inner) if isinstance(inner, str) else inner, source or "prompt")
+    for key in ("prompt", "workflow"):  # the /prompt request body, the import route's, a PNG's text chunks
+        if key in value:
+            inner = value[key]
+            if isinstance(inner, str):
+                try:
+                    inner = json.loads(inner)
+                except ValueError:
+                    raise ComfyGraphError(f"not a ComfyUI graph: '{key}' is a string that is not JSON") from None
+            return _from_value(inner, source or key)
     if _looks_like_api(value):
         return ComfyGraph(_checked_prompt(value), source or "api")
     raise ComfyGraphError("not a ComfyUI graph: expected an API prompt {id: {class_type, inputs}} or a UI workflow "
