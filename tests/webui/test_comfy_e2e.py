@@ -74,10 +74,10 @@ def test_export_from_an_infotext(sd15):
 
 
 @pytest.mark.parametrize("body, fragment", [
-    ({}, "send {\"png\": base64 PNG}"),
+    ({}, "base64 PNG"),
     ({"png": "not base64!"}, "'png' is not base64"),
     ({"prompt": {"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "x"}}}}, "sampler"),
-    ({"prompt": "a string"}, ""),
+    ({"prompt": "a string"}, "is a string that is not JSON"),
 ])
 def test_import_refuses_what_is_not_a_graph_with_422(sd15, body, fragment):
     with pytest.raises(ApiError) as error:
