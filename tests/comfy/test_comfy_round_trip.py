@@ -62,6 +62,10 @@ class Case:
     merge: dict | None = None            # the merge node's arguments (ModelMergeSimple or ModelMergeBlocks)
     clip_ratio: float | None = None      # CLIPMergeSimple's ratio
     vae_file: bool = False               # decode with VAE_FILE on both sides (SD VAE / VAELoader)
+    # The schedule (WebUI, ComfyUI). ComfyUI's normal is the WebUI's Automatic on an eps model's table; on a flow
+    # model RF's schedule is ComfyUI's simple (README), and normal takes exact flow sigmas where the WebUI's table
+    # interpolates (5 levels apart at 4 steps, measured).
+    schedule: tuple[str, str] = ("Automatic", "normal")
     notes: tuple = field(default=())     # export notes expected for (a)
 
 
@@ -70,7 +74,7 @@ CASES = {
     "zero": Case({"zero_weight": 1.0}, negative="zero"),
     "blend": Case({"zero_weight": 0.5}, negative="blend"),
     "window": Case({"zero_weight": 1.0, "start": 0.0, "end": 0.3}, negative="window"),
-    "rf shift 3": Case({"zero_weight": 0.0, "rf": True, "shift": 3.0}, rf_shift=3.0),
+    "rf shift 3": Case({"zero_weight": 0.0, "rf": True, "shift": 3.0}, rf_shift=3.0, schedule=("Simple", "simple")),
     # B's share 0.5 of the UNet and (following it) the text encoders; -a's VAE from a file on both sides, as
     # ComfyUI's merge nodes leave model 1's VAE and Uncond Lab would merge the checkpoint's.
     "merge 0.5": Case({"zero_weight": 0.0, "merge_model": B_FILE, "merge_ratio": 0.5},
@@ -86,7 +90,7 @@ FILE_NAMES = {name: name.replace(" ", "_") for name in CASES}  # the pictures' f
 def webui_payload(case: Case) -> dict:
     """Direction (a): the WebUI request of a case, in the shape import_graph writes."""
     override = {"sd_model_checkpoint": A_FILE, **({"sd_vae": VAE_FILE} if case.vae_file else {})}
-    return {**GENERATION, "override_settings": override, "override_settings_restore_afterwards": True,
+    return {**GENERATION, "scheduler": case.schedule[0], "override_settings": override, "override_settings_restore_afterwards": True,
             "alwayson_scripts": {"Uncond Lab": {"args": [{"enabled": True, "comfy_sampling": True,
                                                           **case.settings}]}}}
 
@@ -133,7 +137,7 @@ def comfy_graph(case: Case) -> dict:
             negative = g.add("ConditioningCombine", conditioning_1=early, conditioning_2=late)
     latent = g.add("EmptyLatentImage", width=64, height=64, batch_size=1)
     samples = g.add("KSampler", model=model, positive=positive, negative=negative, latent_image=latent, seed=1234,
-                    steps=4, cfg=7.0, sampler_name="euler", scheduler="normal", denoise=1.0)
+                    steps=4, cfg=7.0, sampler_name="euler", scheduler=case.schedule[1], denoise=1.0)
     image = g.add("VAEDecode", samples=samples, vae=vae)
     g.add("SaveImage", images=image, filename_prefix="ComfyUI")
     return g.prompt
