@@ -11,7 +11,6 @@ import pytest
 
 from tests.webui.client import ApiError
 from tests.webui.conftest import SD15
-from tests.webui.test_rf_e2e import set_options
 
 GRAPHS = Path(__file__).resolve().parents[1] / "comfy_graphs"
 SETTINGS = {"enabled": True, "zero_weight": 0.4, "start": 0.0, "end": 0.6, "comfy_sampling": True}
@@ -98,7 +97,7 @@ def test_the_option_writes_comfyuis_graph_into_saved_pngs(sd15):
         pytest.skip("needs the WebUI started by the tests (its throw-away data dir)")
     from PIL import Image
     outputs = sd15.log_path.parent / "outputs"
-    old = set_options(sd15, uncond_lab_comfy_png_chunks=True)
+    sd15.post("/sdapi/v1/options", {"uncond_lab_comfy_png_chunks": True})
     try:
         before = set(outputs.rglob("*.png"))
         sd15.txt2img(SETTINGS, save_images=True)
@@ -108,4 +107,4 @@ def test_the_option_writes_comfyuis_graph_into_saved_pngs(sd15):
         imported = sd15.post("/uncond-lab/v1/comfy/import", {"prompt": json.loads(chunks["prompt"])})
         assert imported["txt2img"]["alwayson_scripts"]["Uncond Lab"]["args"][0]["end"] == 0.6
     finally:
-        sd15.post("/sdapi/v1/options", old)
+        sd15.post("/sdapi/v1/options", {"uncond_lab_comfy_png_chunks": False})  # the default
