@@ -148,6 +148,10 @@ class WebUI:
         payload = {"prompt": "a lighthouse at dusk", "negative_prompt": "", "seed": 1234, "steps": 4,
                    "width": 64, "height": 64, "cfg_scale": 7.0, "sampler_name": "Euler",
                    "send_images": True, "save_images": False, **params}
+        if self.kind == "forge_neo" and payload.get("enable_hr"):
+            # Neo's hires pass fails on an API request without it (processing.py: `"Use same choices" not in
+            # self.hr_additional_modules`, None by default), with or without Uncond Lab.
+            payload.setdefault("hr_additional_modules", ["Use same choices"])
         alwayson = dict(scripts or {})
         if uncond_lab is not None:
             alwayson["Uncond Lab"] = {"args": uncond_lab if isinstance(uncond_lab, list) else [uncond_lab]}
