@@ -126,6 +126,8 @@ def test_sdxl_euler_a_runs_the_seeded_rf_variant(sdxl):
 
 @pytest.mark.parametrize("sampler", ["DPM++ 2M SDE", "DDIM", "DPM2 a"])
 def test_sd15_refused_samplers_name_the_working_ones(sd15, sampler):
+    if sampler not in {entry["name"] for entry in sd15.get("/sdapi/v1/samplers")}:
+        pytest.skip(f"{sd15.name} has no sampler '{sampler}'")  # Forge Neo has no DPM2 a
     body = refusal(lambda: sd15.txt2img(RF, sampler_name=sampler))
     assert f"sampler '{sampler}' cannot sample a rectified-flow model" in body
     assert "Samplers that work in RF mode: Euler, Heun, LMS, DPM2, DPM++ 2M, Euler a" in body
