@@ -39,10 +39,23 @@ def _model_hash(payload: dict) -> str | None:
     return info.shorthash if info is not None and info.shorthash else None
 
 
+def _this_webuis_options(payload: dict, unsupported: list[str]) -> dict:
+    """The payload without override_settings this WebUI does not have (Forge Neo has no timestep quantization
+    switch; it refuses an unknown option with an error)."""
+    override = payload.get("override_settings") or {}
+    unknown = [key for key in override if key not in shared.opts.data_labels]
+    for key in unknown:
+        unsupported.append(f"option {key} = {override[key]!r}: not an option of this WebUI")
+    return {**payload, "override_settings": {k: v for k, v in override.items() if k not in unknown}}
+
+
 def import_result(source: Any) -> dict:
-    """import_graph's result plus the infotext that pastes it (PNG Info's "Send to txt2img")."""
+    """import_graph's result for this WebUI, plus the infotext that pastes it (PNG Info's "Send to txt2img")."""
     result = import_graph(source)
-    return {**result, "infotext": payload_to_infotext(result["txt2img"], _model_hash(result["txt2img"]))}
+    unsupported = list(result["unsupported"])
+    payload = _this_webuis_options(result["txt2img"], unsupported)
+    return {"txt2img": payload, "unsupported": unsupported,
+            "infotext": payload_to_infotext(payload, _model_hash(payload))}
 
 
 def _family() -> str | None:

@@ -43,8 +43,10 @@ def probe(sd_model) -> str:
     items = [f"{name}={name in own or name in own.get('_modules', {})}"
              for name in ("create_denoiser", "add_noise_to_latent", "model_sampling")]
     forge_objects = getattr(sd_model, "forge_objects", None)
-    if forge_objects is not None:
-        items.append(f"unet_model_sampling={type(forge_objects.unet.model.model_sampling).__name__}")
+    if forge_objects is not None:  # reForge's model_sampling; Forge Neo calls it the predictor
+        model = forge_objects.unet.model
+        sampling = getattr(model, "model_sampling", None) or getattr(model, "predictor", None)
+        items.append(f"unet_model_sampling={type(sampling).__name__}")
     return ";".join(items)
 
 
