@@ -64,9 +64,7 @@ class _PatchSession:
             live = {key: tensor.dtype for key, tensor in patcher.model.state_dict().items()}
             parts = self.merge.file_patches_by_part(group, live, self._conversion(group))
             adapter = self.owner.adapter_class
-            # Patched in place, a wrapper's alias is the same parameter: patching it too would merge twice.
-            aliases = (lambda adapters, _: adapters) if self.owner.in_place(group) else with_wrapped_aliases
-            self._adapters[group] = {part: aliases({k: adapter(p) for k, p in patches.items()}, live)
+            self._adapters[group] = {part: with_wrapped_aliases({k: adapter(p) for k, p in patches.items()}, live)
                                      for part, patches in parts.items()}
         return self._adapters[group]
 
@@ -109,13 +107,11 @@ class ForgePatchMerge:
     """The merge glue of one Forge-family WebUI. `weight_adapter_base`: its WeightAdapterBase (the patcher asks
     instances of it for the patched weight); `get_key_weight(model, key)`: its lookup of a live weight;
     `model_config_of(unet_patcher)`: the object whose `process_clip_state_dict` converts checkpoint text-encoder
-    keys to the WebUI's. `text_encoders_in_place`: patch the text encoders' weights in place (into the same
-    parameter objects) rather than replacing them, for a WebUI that holds references to them elsewhere."""
+    keys to the WebUI's."""
 
     def __init__(self, webui: str, weight_adapter_base: type, get_key_weight: Callable,
-                 model_config_of: Callable, text_encoders_in_place: bool = False):
+                 model_config_of: Callable):
         self.webui = webui
-        self.text_encoders_in_place = text_encoders_in_place
         self.get_key_weight = get_key_weight
         self.model_config_of = model_config_of
         self.session: _PatchSession | None = None  # outlives a generation: a sweep reuses it
@@ -138,9 +134,6 @@ class ForgePatchMerge:
 
     # --- the patched clones ----------------------------------------------------------------------------------
 
-    def in_place(self, group: str) -> bool:
-        return group == "te" and self.text_encoders_in_place
-
     def _patched_clone(self, base, group: str, ratios: dict):
         """A clone of `base` (UnetPatcher, CLIP or VAE) with the merge's patches first in each key's list, each
         part's with its ratio as the strength ({part: ratio}: the UNet's block slots, or the group); None when
@@ -155,8 +148,6 @@ class ForgePatchMerge:
                 if not hasattr(clone, name):
                     setattr(clone, name, value)
         patcher = getattr(clone, "patcher", clone)
-        if self.in_place(group):
-            patcher.weight_inplace_update = True  # this clone only; its backup restores in place too
         for part, entries in session.adapters(group, patcher).items():
             ratio = ratios[part]
             if ratio == 0.0:

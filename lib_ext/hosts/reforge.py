@@ -291,11 +291,11 @@ def _restoring_model_sampling(run):
 # --- merge: weight patches on clones of reForge's patchers (lib_ext/hosts/forge_patches.py, shared with Neo) -----
 
 MERGE_SOURCES_OPTION = None  # no setting: the patches always read the mapped files
-# In place for the text encoders: reForge hands SDXL's OpenCLIP embedder a reference to clip_g's text_projection
-# parameter (modules_forge/forge_loader.py) and computes the pooled output from that reference
-# (forge_clip.py CLIP_SD_XL_G), so a patch that replaced the parameter would leave the pooled output model A's.
+# Known gap (issue 19.7): reForge's ModelPatcher never patches the direct parameters of a module with children
+# (ldm_patched/modules/model_patcher.py _load_list, "skip random weights in non leaf modules"), so SDXL's
+# clip_g.text_projection, the pooled projection, stays model A's under a text-encoder merge.
 MERGE = ForgePatchMerge(WEBUI_NAME, WeightAdapterBase, get_key_weight,
-                        model_config_of=lambda unet: unet.model.model_config, text_encoders_in_place=True)
+                        model_config_of=lambda unet: unet.model.model_config)
 sync_merge, merge_batch, merge_sampling, merge_done = (MERGE.sync_merge, MERGE.merge_batch, MERGE.merge_sampling,
                                                        MERGE.merge_done)
 release_merge, merge_model_loaded, merge_status = MERGE.release_merge, MERGE.merge_model_loaded, MERGE.merge_status
