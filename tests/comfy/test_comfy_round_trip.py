@@ -290,7 +290,10 @@ def pictures(request, webui, tmp_path_factory):
             result.webui[(name, direction)] = made[key]
             graphs[f"{FILE_NAMES[name]}-{direction}"] = graph
     result.timings["webui"] = time.perf_counter() - started
-    webui.use_checkpoint(SD15)  # the WebUI lets go of its SDXL model before ComfyUI loads one
+    # The WebUI lets go of its SDXL model before ComfyUI loads one: switching to the small SD1.5 file was not
+    # enough on 24 GB (ComfyUI was killed for memory), so the model is unloaded and loaded again afterwards.
+    webui.use_checkpoint(SD15)
+    webui.post("/sdapi/v1/unload-checkpoint", {})
     if any(CASES[name].vae_file for name in selected if name not in result.skipped):
         write_vae_file(comfy_vae)
     started, available = time.perf_counter(), meminfo_gb("MemAvailable")
