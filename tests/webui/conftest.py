@@ -14,6 +14,7 @@ Skipped unless a WebUI is named:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -250,8 +251,15 @@ def api_only_webui(tmp_path_factory):
     webui_dir = os.environ.get("WEBUI_DIR")
     if not webui_dir:
         pytest.skip("an API-only WebUI is started from WEBUI_DIR (see tests/webui/conftest.py)")
-    webui, process = _start_webui(Path(webui_dir).resolve(), tmp_path_factory.mktemp("webui-api-only-data"), False,
-                                  extra_flags=("--nowebui", "--server-name", "127.0.0.1"))
+    with second_webui(tmp_path_factory.mktemp("webui-api-only-data"),
+                      extra_flags=("--nowebui", "--server-name", "127.0.0.1")) as webui:
+        yield webui
+
+
+@contextlib.contextmanager
+def second_webui(data_dir: Path, extra_flags: tuple[str, ...] = ()):
+    """Another WebUI of the same kind from WEBUI_DIR in `data_dir`, live previews off, stopped on exit."""
+    webui, process = _start_webui(Path(os.environ["WEBUI_DIR"]).resolve(), data_dir, False, extra_flags=extra_flags)
     try:
         webui.post("/sdapi/v1/options", {"live_previews_enable": False})
         yield webui

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 from tests.webui.client import max_pixel_difference
-from tests.webui.conftest import SD15, _start_webui, _stop_webui
+from tests.webui.conftest import SD15, second_webui
 from tests.webui.test_addons_e2e import require_script, script_titles
 from tests.webui.test_rf_e2e import RF
 from tests.webui.test_uncond_e2e import NULL, ZERO
@@ -94,12 +93,8 @@ def negpip_webui(webui, tmp_path_factory):
         pytest.skip(f"'{NEGPIP}' is not installed in this WebUI (UNCOND_LAB_ADDONS, see conftest.py)")
     data_dir = tmp_path_factory.mktemp("webui-negpip-data")
     (data_dir / "ui-config.json").write_text("{}")
-    second, process = _start_webui(Path(os.environ["WEBUI_DIR"]).resolve(), data_dir, False)
-    try:
-        second.post("/sdapi/v1/options", {"live_previews_enable": False})
+    with second_webui(data_dir) as second:
         yield second
-    finally:
-        _stop_webui(process)
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from __future__ import annotations
 from tests.webui.test_merge_e2e import CFGS, PAIRS, XYZ, cells_by, pictures, title_of, xyz_args
 
 AXES = ["[Uncond Lab] Zero weight", "[Uncond Lab] Start", "[Uncond Lab] End", "[Uncond Lab] RF shift",
-        "[Uncond Lab] Merge ratio", "[Uncond Lab] Merge TE ratio", "[Uncond Lab] Merge partner",
-        "[Uncond Lab] Merge blocks"]
+        "[Uncond Lab] ComfyUI sampling", "[Uncond Lab] Merge ratio", "[Uncond Lab] Merge TE ratio",
+        "[Uncond Lab] Merge partner", "[Uncond Lab] Merge blocks"]
 
 
 def test_script_info_lists_every_axis_once(api_only_webui):
