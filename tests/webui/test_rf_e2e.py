@@ -224,7 +224,8 @@ def test_sd15_rf_off_afterwards_is_a_fresh_start(sd15):
 
 def probe_of_a_clean_model(webui) -> str:
     clean = "create_denoiser=False;add_noise_to_latent=False;model_sampling=False"
-    return clean + (";unet_model_sampling=ModelSampling" if webui.kind == "reforge" else "")
+    own = {"reforge": "ModelSampling", "forge_neo": "Prediction"}.get(webui.kind)  # not our flow class
+    return clean + (f";unet_model_sampling={own}" if own else "")
 
 
 def test_sd15_failure_and_interrupt_mid_rf_leave_nothing_behind(sd15):
