@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 TITLE = "ADetailer"
+NAME = TITLE.lower()  # the WebUIs' script.name, the API's key
 SCRIPT_STEM = "uncond_lab"  # what ADetailer matches against its list: the script's file name without .py
 # ADetailer's default list, used when its setting was never saved.
 DEFAULT_SCRIPT_NAMES = "dynamic_prompting,dynamic_thresholding,lora_block_weight,negpip,wildcard_recursive,wildcards"

@@ -20,7 +20,7 @@ from lib_ext.comfy_sampling import comfy_sampling_options
 from lib_ext.flow import (RF_SCHEDULER_LABEL, RF_SCHEDULER_NAME, GenerationFacts, RfPlan, flow_scheduler, pass_value,
                           resolve_rf, rf_problems, rf_schedule_without_rf)
 from lib_ext.hosts import host
-from lib_ext.hosts.webui_state import cached_null_uncond
+from lib_ext.hosts.webui_state import cached_null_uncond, other_script_args
 from lib_ext.merge import MergeRecipe
 from lib_ext.merge.keys import VAE, classify_key
 from lib_ext.merge.recipe import RATIO_RANGE
@@ -125,7 +125,8 @@ def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
     p.extra_generation_params.update(settings.infotext(has_hires=has_hires, rf_ran=plan is not None))
     notes = flow_threshold_notes(p) if plan is not None else []
     if plan is not None or settings.enabled:
-        notes += filter(None, [adetailer.missing_passes_note(script_args_of(p, adetailer.TITLE), shared.opts.data)])
+        note = adetailer.missing_passes_note(other_script_args(p, adetailer.NAME), shared.opts.data)
+        notes += [note] if note else []
     run = None
     if settings.enabled:
         pooled_width = host.text_pooled_width(p.sd_model) if host.is_dict_cond_model(p.sd_model) else 0
@@ -137,15 +138,6 @@ def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
         log.warning("Uncond Lab: %s", "; ".join(notes))
         p.extra_generation_params[NOTE_KEY] = "; ".join(notes)
     return run
-
-
-def script_args_of(p, title: str) -> list | None:
-    """Another AlwaysOn script's arguments for this generation, by its title; None when it is not loaded."""
-    runner = getattr(p, "scripts", None)
-    for script in getattr(runner, "alwayson_scripts", None) or ():
-        if script.title() == title:
-            return list(p.script_args[script.args_from:script.args_to])
-    return None
 
 
 def current_run(p) -> UncondRun | None:

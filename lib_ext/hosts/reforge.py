@@ -17,6 +17,7 @@ from lib_ext.flow import (SUBSTITUTE, FlowDenoiser, RfPlan, checked_flow_sigmas,
                           rf_sampler_policy, seeded_euler_ancestral_rf)
 from lib_ext.hosts.conditioner import is_dict_cond_model, text_pooled_width  # noqa: F401  (host API)
 from lib_ext.hosts.forge_patches import ForgePatchMerge
+from lib_ext.hosts.webui_state import other_script_args
 from lib_ext.probe import flow_noising, ve_noising
 
 log = logging.getLogger("uncond_lab")
@@ -166,10 +167,7 @@ def _predicts_through_the_unet_patcher(*args, **kwargs):
 
 def _ams_args(p) -> list | None:
     """This generation's args of reForge's built-in Advanced Model Sampling script, or None if it is absent."""
-    for script in getattr(getattr(p, "scripts", None), "alwayson_scripts", None) or []:
-        if getattr(script, "name", None) == AMS_NAME:
-            return list(p.script_args[script.args_from:script.args_to])
-    return None
+    return other_script_args(p, AMS_NAME)
 
 
 def zero_terminal_snr(p) -> bool:

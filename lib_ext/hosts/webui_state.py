@@ -1,5 +1,5 @@
-"""WebUI state that A1111 1.10 and reForge keep alike, for the host modules and the routes: the cached conds and
-the job lock. (Not in common.py: the host modules import this, and common imports them.)"""
+"""WebUI state that A1111 1.10 and reForge keep alike, for the host modules and the routes: the cached conds, the
+job lock, other scripts' arguments. (Not in common.py: the host modules import this, and common imports them.)"""
 from __future__ import annotations
 
 import contextlib
@@ -52,3 +52,12 @@ def webui_job(job: str):
             yield
         finally:
             shared.state.end()
+
+
+def other_script_args(p, name: str) -> list | None:
+    """This generation's arguments of another AlwaysOn script, by its `name` (the WebUIs set it to the lower-cased
+    title, the API's key); None when that script is not loaded."""
+    for script in getattr(getattr(p, "scripts", None), "alwayson_scripts", None) or ():
+        if getattr(script, "name", None) == name:
+            return list(p.script_args[script.args_from:script.args_to])
+    return None
