@@ -71,6 +71,10 @@ class ProbeError(ValueError):
     """A probe setting or input is invalid; the message names the value and what is allowed."""
 
 
+class NonFiniteEncodingError(ProbeError):
+    """The probe prompt's encoding or te("") holds NaN or inf: nothing was sent to the UNet."""
+
+
 # --- settings --------------------------------------------------------------------------------------------
 
 def _int_tuple(name: str, value: Any) -> tuple[int, ...]:
@@ -343,8 +347,9 @@ def _check_finite(name: str, cond: Cond) -> None:
     for part, tensor in (cond.items() if isinstance(cond, Mapping) else [("", cond)]):
         kind = _non_finite_kind(tensor)
         if kind:
-            raise ProbeError(f"Uncond Lab probe: {name}{f' ({part})' if part else ''} holds {kind} before any UNet "
-                             f"call: the text encoders' output is broken, so every generation with it is too")
+            where = f" ({part})" if part else ""
+            raise NonFiniteEncodingError(f"Uncond Lab probe: {name}{where} holds {kind} before any UNet call: the "
+                                         f"text encoders' output is broken, so every generation with it is too")
 
 
 def _same_cond(a: Cond, b: Cond) -> bool:

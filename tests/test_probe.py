@@ -444,7 +444,7 @@ def test_non_finite_encodings_stop_before_any_unet_call(which):
     calls = []
     broken = tokens([math.nan, 0.0], [0.0, 0.0])
     cond, null = (broken, NULL) if which == "cond" else (COND, broken)
-    with pytest.raises(ProbeError, match="holds NaN before any UNet call"):
+    with pytest.raises(pr.NonFiniteEncodingError, match="holds NaN before any UNet call"):
         pr.probe(linear_denoiser(log=calls), cond, null, TABLE, pr.ve_noising, settings())
     assert calls == []
 

@@ -13,8 +13,8 @@ from lib_ext.flow import DEFAULT_MULTIPLIER, resolve_rf
 from lib_ext.hosts import common, host
 from lib_ext.hosts.webui_state import webui_job
 from lib_ext.merge.sweep import SweepError, parse_ratios
-from lib_ext.probe import (ProbeCache, ProbeError, ProbeKey, ProbeResult, ProbeSettings, RatioSweep, probe,
-                           sweep_blocks, sweep_ratios)
+from lib_ext.probe import (NonFiniteEncodingError, ProbeCache, ProbeError, ProbeKey, ProbeResult, ProbeSettings,
+                           RatioSweep, probe, sweep_blocks, sweep_ratios)
 from lib_ext.settings import MergeRequest, Settings, SettingsError
 
 log = logging.getLogger("uncond_lab")
@@ -113,24 +113,25 @@ class ProbeService:
                 result = probe(denoise, cond, null, sigma_table.cpu(), noising, settings, pooled_width,
                                max_rows=MAX_ROWS_PER_CALL, device=devices.device, on_level=progress,
                                should_stop=interrupted)
-            except ProbeError as error:
-                raise ProbeError(f"{error}{_emphasis_hint(error)}") from None
+            except NonFiniteEncodingError as error:
+                raise ProbeError(f"{error}{_emphasis_hint()}") from None
         if result.interrupted:
             log.warning("Uncond Lab probe: interrupted after %d of %d noise levels (%d UNet calls)",
                         len(result.sigmas), settings.levels, result.unet_calls)
             return result, False
         self.cache.put(key, result)
-        if result.non_finite_text():
-            log.warning("%s", result.non_finite_text())
+        non_finite = result.non_finite_text()
+        if non_finite:
+            log.warning("%s", non_finite)
         log.info("Uncond Lab probe: score %.4f in %d UNet calls (%d rows)", result.score, result.unet_calls,
                  result.unet_rows)
         return result, False
 
 
-def _emphasis_hint(error: ProbeError) -> str:
+def _emphasis_hint() -> str:
     """A1111 and reForge's default emphasis "Original" rescales a cond by its old mean / new mean: 0 / 0 for text
     encoders that output exactly zero, so such a checkpoint's te("") is NaN there (generations fail too)."""
-    if "before any UNet call" in str(error) and getattr(shared.opts, "emphasis", None) == "Original":
+    if getattr(shared.opts, "emphasis", None) == "Original":
         return (". The emphasis setting 'Original' divides by the encoding's mean, NaN for text encoders that "
                 "output zeros: set Settings > Stable Diffusion > Emphasis mode to 'No norm'")
     return ""
