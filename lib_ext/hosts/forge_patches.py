@@ -40,6 +40,16 @@ def _log(line: str) -> None:
     print(line, flush=True)
 
 
+def _held_by_a_parent_module(model: torch.nn.Module, key: str) -> bool:
+    """Whether the parameter `key` belongs directly to a module that has child modules with parameters."""
+    owner_name, _, _ = key.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_name) if owner_name else model
+    except AttributeError:
+        return False
+    return any(True for child in owner.children() for _ in child.parameters())
+
+
 class _PatchSession:
     """One merge on one loaded model: its mapped inputs, the adapters per part, and the patch-set ids."""
 
@@ -107,13 +117,15 @@ class ForgePatchMerge:
     """The merge glue of one Forge-family WebUI. `weight_adapter_base`: its WeightAdapterBase (the patcher asks
     instances of it for the patched weight); `get_key_weight(model, key)`: its lookup of a live weight;
     `model_config_of(unet_patcher)`: the object whose `process_clip_state_dict` converts checkpoint text-encoder
-    keys to the WebUI's."""
+    keys to the WebUI's; `on_load_event`: the patcher's callback type run after it loads (patches) the weights,
+    where the WebUI has callbacks (reForge), to patch the weights its loader skips (_patch_stranded_weights)."""
 
     def __init__(self, webui: str, weight_adapter_base: type, get_key_weight: Callable,
-                 model_config_of: Callable):
+                 model_config_of: Callable, on_load_event: str | None = None):
         self.webui = webui
         self.get_key_weight = get_key_weight
         self.model_config_of = model_config_of
+        self.on_load_event = on_load_event
         self.session: _PatchSession | None = None  # outlives a generation: a sweep reuses it
         self.our_uuids: set = set()  # every patch-set id we made (a few per ratio): tells our patches from others'
         self.te_state = None  # the text-encoder merge the WebUI's cached conds were computed with
@@ -160,10 +172,28 @@ class ForgePatchMerge:
             for key in accepted:  # ours first, so that a LoRA's patches apply on top of the merge
                 patches = patcher.patches[key]
                 patches.insert(0, patches.pop())
+            self._patch_stranded_weights(patcher, accepted)
         patcher.patches_uuid = session.patch_set_id(getattr(base, "patcher", base).patches_uuid, group,
                                                     tuple(sorted(ratios.items())))
         setattr(clone, CLONE_MARK, True)
         return clone
+
+    def _patch_stranded_weights(self, patcher, keys) -> None:
+        """Have the patcher patch, when it loads, the weights its loader skips: the direct parameters of a module
+        that has children ("skip random weights in non leaf modules" in the ComfyUI-family `_load_list`), such as
+        SDXL's pooled projection `clip_g.text_projection` on reForge. They are patched in place, through the
+        patcher's own patch_weight_to_device, so its backup holds A's value and its unpatch puts it back exactly
+        like every other weight; in place because the WebUI's SDXL embedder holds that parameter object itself
+        (reForge forge_loader.py: `embedder.text_projection = ...clip_g.text_projection`)."""
+        stranded = [key for key in keys if _held_by_a_parent_module(patcher.model, key)]
+        if not stranded or self.on_load_event is None:
+            return
+
+        def patch_in_place(loaded_patcher, device_to, *args):
+            for key in stranded:
+                loaded_patcher.patch_weight_to_device(key, device_to=device_to, inplace_update=True)
+
+        patcher.add_callback(self.on_load_event, patch_in_place)
 
     def _rewrite_changed_blocks(self, unet) -> None:
         """Go from the UNet patch set the WebUI has loaded to the one `unet` carries by rewriting only the blocks

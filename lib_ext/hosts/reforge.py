@@ -9,6 +9,7 @@ from ldm_patched.modules import model_management
 from ldm_patched.modules import model_sampling as ldm_model_sampling
 from ldm_patched.modules.model_patcher import get_key_weight
 from ldm_patched.modules.model_sampling import CONST
+from ldm_patched.modules.patcher_extension import CallbacksMP
 from ldm_patched.modules.weight_adapter import WeightAdapterBase
 from modules import sd_models, sd_samplers_common, sd_samplers_kdiffusion, shared
 from modules_forge import main_thread
@@ -122,6 +123,11 @@ def load_checkpoint(info, forced: bool = False):
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("model")
+
+
+def selected_model():
+    """The model the next generation uses: the loaded one (the checkpoint setting loads it when it changes)."""
+    return shared.sd_model
 
 
 # --- rectified flow --------------------------------------------------------------------------------------
@@ -289,11 +295,11 @@ def _restoring_model_sampling(run):
 # --- merge: weight patches on clones of reForge's patchers (lib_ext/hosts/forge_patches.py, shared with Neo) -----
 
 MERGE_SOURCES_OPTION = None  # no setting: the patches always read the mapped files
-# Known gap (issue 19.7): reForge's ModelPatcher never patches the direct parameters of a module with children
-# (ldm_patched/modules/model_patcher.py _load_list, "skip random weights in non leaf modules"), so SDXL's
-# clip_g.text_projection, the pooled projection, stays model A's under a text-encoder merge.
+# reForge's ModelPatcher never patches the direct parameters of a module with children (model_patcher.py
+# _load_list, "skip random weights in non leaf modules"), SDXL's pooled projection clip_g.text_projection among
+# them: an on-load callback patches those through the patcher itself (ForgePatchMerge._patch_stranded_weights).
 MERGE = ForgePatchMerge(WEBUI_NAME, WeightAdapterBase, get_key_weight,
-                        model_config_of=lambda unet: unet.model.model_config)
+                        model_config_of=lambda unet: unet.model.model_config, on_load_event=CallbacksMP.ON_LOAD)
 sync_merge, merge_batch, merge_sampling, merge_done = (MERGE.sync_merge, MERGE.merge_batch, MERGE.merge_sampling,
                                                        MERGE.merge_done)
 release_merge, merge_model_loaded, merge_status = MERGE.release_merge, MERGE.merge_model_loaded, MERGE.merge_status
