@@ -112,6 +112,11 @@ def load_checkpoint(info, forced: bool = False):
     return sd_models.reload_model_weights(info=info, forced_reload=forced)
 
 
+def selected_model():
+    """The model the next generation uses: the loaded one (the checkpoint setting loads it when it changes)."""
+    return shared.sd_model
+
+
 # --- rectified flow --------------------------------------------------------------------------------------
 # Everything is installed on the sampler object of one sampler run (`p.sampler`: a new one for txt2img, for the
 # hires pass, and per img2img job), never on the model or a module: the flow denoiser replaces the sampler's

@@ -135,6 +135,16 @@ def load_checkpoint(info, forced: bool = False):
     return sd_models.forge_model_reload()[0]
 
 
+def selected_model():
+    """The model the next generation uses. Neo loads the checkpoint its setting names only when a generation
+    starts (processing.manage_model_and_prompt_cache → forge_model_reload), so a route outside a generation (the
+    probe, Save this merge) loads it the same way first; None when no checkpoint can be loaded."""
+    try:
+        return sd_models.forge_model_reload()[0]
+    except ValueError:  # "Failed to find available model..."
+        return shared.sd_model
+
+
 # --- rectified flow --------------------------------------------------------------------------------------
 # Through Neo's own flow prediction, the one it uses for a checkpoint whose path says "rectified": per sampler
 # run, the model's predictor becomes a PredictionDiscreteFlow with this generation's shift (ComfyUI's

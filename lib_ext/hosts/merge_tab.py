@@ -10,7 +10,9 @@ restored and the merge's copies freed. Parsing and layout live in lib_ext/merge/
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
+import importlib
 import io
 import os
 import time
@@ -109,6 +111,23 @@ def _merge_settings(request: SweepRequest, ratio: float, blocks: str | None = No
 
 # --- the sweep ---------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _outside_event_listener():
+    """Gradio 4 (Forge Neo) skips a component's __init__ inside an event handler (component_meta.updateable: there
+    a constructor is an update), and the tab's buttons build the scripts' controls to read their defaults. Gradio
+    3 has no such context: nothing to do."""
+    context = getattr(importlib.import_module("gradio.context"), "LocalContext", None)
+    flag = getattr(context, "in_event_listener", None)
+    if flag is None:
+        yield
+        return
+    token = flag.set(False)
+    try:
+        yield
+    finally:
+        flag.reset(token)
+
+
 def _script_args(settings: dict) -> tuple:
     """Every script's UI defaults (as the API builds them), with Uncond Lab's slot set to `settings`."""
     runner = scripts.scripts_txt2img
@@ -117,7 +136,7 @@ def _script_args(settings: dict) -> tuple:
         raise SweepRequestError("Uncond Lab: the sweep needs the WebUI's txt2img scripts (started without --nowebui)")
     args = [None] * max([1] + [s.args_to or 0 for s in runner.scripts])
     args[0] = 0
-    with gr.Blocks():  # ui() may only build components inside a Blocks; this one is thrown away
+    with _outside_event_listener(), gr.Blocks():  # ui() builds components only inside a Blocks; thrown away
         for script in runner.scripts:
             controls = script.ui(script.is_img2img)
             if controls and script.args_from is not None:
@@ -238,15 +257,16 @@ def save_this_merge(request: SweepRequest, ratio: float, name: str = "", blocks:
     merge = _merge_settings(request, ratio, blocks)
     if not merge["merge_model"]:
         raise SweepRequestError("Uncond Lab: pick a merge partner B")
+    loaded = host.selected_model()
     info_a = (common.find_checkpoint(request.model_a, "model A")
-              if request.model_a and request.model_a != LOADED_MODEL else shared.sd_model.sd_checkpoint_info)
+              if request.model_a and request.model_a != LOADED_MODEL else loaded.sd_checkpoint_info)
     infos = {"A": info_a, "B": common.find_checkpoint(merge["merge_model"], "model B")}
     if merge["merge_method"] == "add_difference":
         infos["C"] = common.find_checkpoint(merge["merge_model_c"], "model C")
     for info in infos.values():
         common.checkpoint_title(info)  # computes the sha256 A1111 keys sd_merge_models by
     include_vae = all(common.has_vae(i.filename) for i in infos.values())
-    if shared.sd_model is not None and shared.sd_model.sd_checkpoint_info.filename == info_a.filename:
+    if loaded is not None and loaded.sd_checkpoint_info.filename == info_a.filename:
         include_vae = include_vae and sd_vae.loaded_vae_file is None  # as the in-memory merge did
     recipe = MergeRecipe(merge["merge_method"], info_a.filename, infos["B"].filename,
                          infos["C"].filename if "C" in infos else None, unet_ratio=merge["merge_ratio"],

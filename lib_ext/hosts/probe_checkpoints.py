@@ -21,7 +21,7 @@ log = logging.getLogger("uncond_lab")
 
 
 def _loaded_info():
-    sd_model = shared.sd_model
+    sd_model = host.selected_model()
     return None if sd_model is None else getattr(sd_model, "sd_checkpoint_info", None)
 
 

@@ -76,7 +76,7 @@ class ProbeService:
 
     def _run(self, settings: ProbeSettings, merge: MergeRequest | None,
              on_level: Callable[[int, int], None] | None) -> tuple[ProbeResult, bool]:
-        sd_model = shared.sd_model
+        sd_model = host.selected_model()
         if sd_model is None:
             raise ProbeError("Uncond Lab probe: no model is loaded")
         if getattr(sd_model, "is_sd3", False) or getattr(sd_model, "is_sdxl_inpaint", False) or \
