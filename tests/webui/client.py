@@ -152,6 +152,9 @@ class WebUI:
             # Neo's hires pass fails on an API request without it (processing.py: `"Use same choices" not in
             # self.hr_additional_modules`, None by default), with or without Uncond Lab.
             payload.setdefault("hr_additional_modules", ["Use same choices"])
+            # Neo has no latent upscalers (shared.latent_upscale_modes is empty): with none named, processing.py
+            # falls back to the string "nearest" and indexes it as a mode dict (TypeError). Its plain resize.
+            payload.setdefault("hr_upscaler", "None")
         alwayson = dict(scripts or {})
         if uncond_lab is not None:
             alwayson["Uncond Lab"] = {"args": uncond_lab if isinstance(uncond_lab, list) else [uncond_lab]}

@@ -185,6 +185,8 @@ def _start_webui(webui_dir: Path, data_dir: Path, sdxl: bool, extra_flags: tuple
     if kind == "forge_neo":  # without it Neo's launch.py asks on stdin; it loads no model before a generation
         settings["VERSION_UID"] = "PY313"
     (data_dir / "config.json").write_text(json.dumps(settings))
+    if kind == "forge_neo":  # Gradio 4 serves only allowed paths: Neo allows its data dir, not its own javascript/
+        extra_flags = (*extra_flags, "--gradio-allowed-path", str(webui_dir))
     command = [python, "launch.py", *FLAGS[kind], *SIZE_FLAGS.get((kind, SDXL_SIZE), ()), *extra_flags,
                "--port", str(port), "--data-dir", str(data_dir)]
     with open(log, "wb") as log_file:

@@ -497,7 +497,9 @@ def gradio_call(webui, elem_id: str, data: list) -> list:
     """Call the function bound to the button with this elem_id, as the browser does after the button's JS."""
     config = webui.get("/config")
     button = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == elem_id)
-    index = next(n for n, d in enumerate(config["dependencies"]) if button in d["targets"])
+    # Gradio 3 lists a dependency's targets as ids, Gradio 4 (Forge Neo) as [id, event] pairs.
+    index = next(n for n, d in enumerate(config["dependencies"])
+                 if button in (t[0] if isinstance(t, list) else t for t in d["targets"]))
     return webui.post("/run/predict", {"fn_index": index, "data": data, "session_hash": "uncondlabtest"})["data"]
 
 
