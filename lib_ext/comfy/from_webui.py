@@ -34,8 +34,10 @@ from lib_ext.settings import Settings
 
 _EXTRA_NETWORK = re.compile(r"\s*<(\w+):([^>]+)>")
 API_DEFAULTS = {"steps": 50, "cfg_scale": 7.0, "width": 512, "height": 512, "seed": -1, "sampler_name": "Euler"}
-_READ_OVERRIDES = {"sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "sgm_noise_multiplier",
-                   "enable_quantization", "randn_source"}
+# The WebUI options the export reads from override_settings (the host fills in the ones a payload leaves to the
+# WebUI's settings).
+READ_OPTIONS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "sgm_noise_multiplier",
+                "enable_quantization", "randn_source")
 
 
 def split_loras(prompt: str, notes: list[str]) -> tuple[str, list[tuple[str, float, float]]]:
@@ -120,7 +122,7 @@ def _payload_notes(payload: Mapping, settings: Settings, rf: bool, notes: list[s
         notes.append(f"other scripts ({', '.join(others)}) are not exported")
     if settings.compare:
         notes.append("Compare zero vs null is WebUI-only; not exported")
-    unread = sorted(set(override) - _READ_OVERRIDES)
+    unread = sorted(set(override) - set(READ_OPTIONS))
     if unread:
         notes.append(f"override_settings {', '.join(unread)} are not exported")
     wanted = comfy_sampling_options(rectified_flow=rf)

@@ -20,6 +20,7 @@ from typing import Any
 from modules import images, sd_models, shared
 
 from lib_ext.comfy import ComfyGraphError, export_infotext, export_payload, import_graph, payload_to_infotext
+from lib_ext.comfy.from_webui import READ_OPTIONS
 from lib_ext.hosts import host
 from lib_ext.settings import SettingsError
 
@@ -66,12 +67,23 @@ def _family() -> str | None:
     return "SDXL" if host.is_dict_cond_model(sd_model) else "SD1"
 
 
+def _with_this_webuis_settings(payload: dict) -> dict:
+    """The payload with each option the export reads that it leaves to the WebUI's settings filled in from them,
+    as its generation uses them (CLIP skip: Forge Neo's default is 2, A1111's 1)."""
+    opts = shared.opts
+    override = dict(payload.get("override_settings") or {})
+    for key in READ_OPTIONS:
+        if key not in override and key in opts.data_labels:
+            override[key] = opts.data.get(key, opts.get_default(key))
+    return {**payload, "override_settings": override}
+
+
 def export_result(body: dict) -> dict:
     if "infotext" in body:
         if not isinstance(body["infotext"], str):
             raise ComfyGraphError("Uncond Lab ComfyUI export: 'infotext' must be a string")
         return export_infotext(body["infotext"], _family())
-    return export_payload(body, _family())
+    return export_payload(_with_this_webuis_settings(body), _family())
 
 
 # --- HTTP routes --------------------------------------------------------------------------------------------

@@ -85,21 +85,28 @@ def encode_null_uncond(p) -> Cond:
 
 def before_generation(p, script_args: Sequence[Any]) -> None:
     """before_process (before the WebUI applies `p.override_settings`): the options that make this generation
-    sample as ComfyUI does, as overrides the WebUI restores afterwards."""
+    sample as ComfyUI does, as overrides the WebUI restores afterwards; every override made restorable."""
     try:
         settings = settings_for(p, script_args)
     except SettingsError:
-        return  # process() refuses the generation with the message
-    if not settings.comfy_sampling:
-        return
-    rf_on, _ = resolve_rf(settings.rf, checkpoint_metadata(p), is_sd3=bool(getattr(p.sd_model, "is_sd3", False)))
+        settings = None  # process() refuses the generation with the message
+    if settings is not None and settings.comfy_sampling:
+        rf_on, _ = resolve_rf(settings.rf, checkpoint_metadata(p),
+                              is_sd3=bool(getattr(p.sd_model, "is_sd3", False)))
+        for key, value in comfy_sampling_options(rectified_flow=rf_on).items():
+            if key in shared.opts.data_labels:  # else not an option of this WebUI (Neo has no quantization switch)
+                p.override_settings[key] = value
+    _make_overrides_restorable(p.override_settings)
+
+
+def _make_overrides_restorable(override_settings: dict) -> None:
+    """The WebUIs restore after a generation only the overridden options that are in opts.data (process_images,
+    A1111 and Neo alike): one never changed from its default would keep the override's value (an imported
+    ComfyUI payload's CLIP skip 1 on Neo, whose default is 2). Its default value goes there first."""
     opts = shared.opts
-    for key, value in comfy_sampling_options(rectified_flow=rf_on).items():
-        if key not in opts.data_labels:
-            continue  # not an option of this WebUI (Neo has no quantization switch)
-        # The WebUI restores only the overridden options that are in opts.data; a default-valued one must be.
-        opts.data.setdefault(key, opts.get_default(key))
-        p.override_settings[key] = value
+    for key in override_settings:
+        if key in opts.data_labels:
+            opts.data.setdefault(key, opts.get_default(key))
 
 
 def start_run(p, script_args: Sequence[Any]) -> UncondRun | None:
