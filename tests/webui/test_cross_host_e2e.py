@@ -10,7 +10,8 @@ them and checks that no Uncond Lab setting moves a WebUI further from A1111 than
 Forge Neo feeds SDXL te("") for an empty negative unless its `sdxl_zero_neg` option is on, so on Neo every case
 runs with that option on (the WebUI default of the other two), and the case `neo-default` (the option off) is
 compared with A1111's `null`. `merge1` is A merged with B at ratio 1 (text encoders following), compared across
-WebUIs and, on each WebUI, with B loaded alone (`b`): the "merge 1 vs B" column.
+WebUIs and, on each WebUI, with B loaded alone (`b`): the "merge 1 vs B" column. Every picture is made with CLIP
+skip 1 (A1111's default; Neo's is 2).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ NEO_DEFAULT = "neo-default"  # Neo with sdxl_zero_neg off: te("") for the empty 
 A1111_COUNTERPART = {NEO_DEFAULT: "null"}
 MODELS = {"sd15": SD15, "sdxl": SDXL}
 REFERENCE, OTHERS = "a1111", ("reforge", "forge_neo")
+SAME_OPTIONS = {"override_settings": {"CLIP_stop_at_last_layers": 1}}  # Forge Neo's default CLIP skip is 2
 COLUMNS = [*CASES, NEO_DEFAULT]
 
 
@@ -102,17 +104,17 @@ def test_pictures_across_webuis(webui, model):
     partner = MERGE_PARTNER[model]
     with neo_zero_neg(webui, True):
         webui.use_checkpoint(partner)
-        (mine / f"{model}-b.png").write_bytes(webui.txt2img().images[0])
+        (mine / f"{model}-b.png").write_bytes(webui.txt2img(**SAME_OPTIONS).images[0])
         webui.use_checkpoint(MODELS[model])
         for case, (settings, params) in CASES.items():
             if settings and settings.get("merge_model") == "{b}":
                 settings = {**settings, "merge_model": title_of(webui, partner)}
-            generation = webui.txt2img(settings, **params)
+            generation = webui.txt2img(settings, **params, **SAME_OPTIONS)
             assert len(generation.images) == 1
             (mine / f"{model}-{case}.png").write_bytes(generation.images[0])
     if webui.kind == "forge_neo":
         with neo_zero_neg(webui, False):
-            (mine / f"{model}-{NEO_DEFAULT}.png").write_bytes(webui.txt2img().images[0])
+            (mine / f"{model}-{NEO_DEFAULT}.png").write_bytes(webui.txt2img(**SAME_OPTIONS).images[0])
     differences = write_table(root)
     assert differences[(webui.kind, model, "merge1 vs b")] == 0, differences
     if webui.kind == REFERENCE:
