@@ -247,7 +247,8 @@ def run_sweep(request: SweepRequest) -> SweepResult:
 # --- "Save this merge" -------------------------------------------------------------------------------------
 
 def checkpoints_folder() -> str:
-    return shared.cmd_opts.ckpt_dir or sd_models.model_path
+    """The WebUI's --ckpt-dir, else its models/Stable-diffusion (Forge Neo has only --ckpt-dirs, extra folders)."""
+    return getattr(shared.cmd_opts, "ckpt_dir", None) or sd_models.model_path
 
 
 def save_this_merge(request: SweepRequest, ratio: float, name: str = "", blocks: str | None = None) -> dict:
