@@ -194,6 +194,7 @@ def _start_webui(webui_dir: Path, data_dir: Path, sdxl: bool, extra_flags: tuple
                                    start_new_session=True)
     webui = WebUI(f"http://127.0.0.1:{port}", kind)
     webui.log_path = log  # the WebUI's console output (tests count log lines in it)
+    webui.data_dir = data_dir
     try:
         _wait_until_up(webui, process, log)
     except Exception:

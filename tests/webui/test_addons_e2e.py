@@ -215,8 +215,9 @@ def test_sd15_model_a_rewritten_during_a_held_merge_never_leaves_it_merged(sd15,
             assert error.status == 422 and "rewritten on disk" in error.body and "reloaded" in error.body, error.body
             first = None
         after = [sd15.txt2img().pixels]
-        sd15.post("/sdapi/v1/reload-checkpoint", {})  # Settings > Actions: unload, reload
-        after.append(sd15.txt2img().pixels)
+        if sd15.kind != "forge_neo":  # Neo has no such route (nor action)
+            sd15.post("/sdapi/v1/reload-checkpoint", {})  # Settings > Actions: unload, reload
+            after.append(sd15.txt2img().pixels)
         assert merged not in after and first != merged
         # The weights are the file's now (reloaded) or the old A's (restored from a copy or the WebUI's backup).
         assert all(pixels in (plain_a, plain_b) for pixels in after + ([first] if first else []))

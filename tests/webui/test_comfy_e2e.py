@@ -98,7 +98,7 @@ def test_the_option_writes_comfyuis_graph_into_saved_pngs(sd15):
     if getattr(sd15, "log_path", None) is None:
         pytest.skip("needs the WebUI started by the tests (its throw-away data dir)")
     from PIL import Image
-    outputs = sd15.log_path.parent / "outputs"
+    outputs = sd15.log_path.parent / ("output" if sd15.kind == "forge_neo" else "outputs")  # the WebUI's own
     sd15.post("/sdapi/v1/options", {"uncond_lab_comfy_png_chunks": True})
     try:
         before = set(outputs.rglob("*.png"))

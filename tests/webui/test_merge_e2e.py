@@ -455,9 +455,20 @@ def write_tiny_lora(folder: str, kind: str) -> str:
     return path
 
 
+def lora_folder(webui) -> str:
+    """The WebUI's --lora-dir. Forge Neo's /sdapi/v1/cmd-flags fails on its own response model (a port given as
+    an int), so there it is the default under the data dir the tests started it with."""
+    try:
+        return webui.get("/sdapi/v1/cmd-flags")["lora_dir"]
+    except ApiError:
+        if webui.kind != "forge_neo" or getattr(webui, "data_dir", None) is None:
+            raise
+        return str(webui.data_dir / "models" / "Lora")
+
+
 def test_a_lora_applies_on_top_of_the_merge_and_never_into_model_a(merge_pair):
     p = merge_pair
-    path = write_tiny_lora(p.webui.get("/sdapi/v1/cmd-flags")["lora_dir"], p.kind)
+    path = write_tiny_lora(lora_folder(p.webui), p.kind)
     with_lora = {"prompt": f"a lighthouse at dusk <lora:{LORA}-{p.kind}:1>"}
     try:
         a_lora = p.pictures(**with_lora)
@@ -506,7 +517,9 @@ def gradio_call(webui, elem_id: str, data: list) -> list:
 def gallery_file(entry) -> str:
     """The file of a gallery entry; gradio adds "?<mtime>" to names it serves (a cache buster)."""
     item = entry[0] if isinstance(entry, (list, tuple)) else entry
-    return (item["name"] if isinstance(item, dict) else item).split("?")[0]
+    if isinstance(item, dict):  # Gradio 3: {"name": ...}; Gradio 4 (Forge Neo): {"image": {"path": ...}, ...}
+        item = item["image"]["path"] if "image" in item else item["name"]
+    return item.split("?")[0]
 
 
 def test_the_tab_run_and_save_buttons(merge_pair):

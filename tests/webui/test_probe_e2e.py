@@ -223,6 +223,7 @@ def check_shelf_probe(webui, loaded, others):
         assert alone["cached"] is False
         assert alone["score"] == pytest.approx(score, abs=1e-4), title
     webui.use_checkpoint(loaded)
+    assert webui.txt2img().pixels == webui.fresh[loaded]  # (Forge Neo loads a selected checkpoint only now)
 
     # A repeat is free: every row from the cache, no checkpoint loaded.
     loads = log_text(webui).count("Loading")
