@@ -517,8 +517,8 @@ def gradio_call(webui, elem_id: str, data: list) -> list:
 def gallery_file(entry) -> str:
     """The file of a gallery entry; gradio adds "?<mtime>" to names it serves (a cache buster)."""
     item = entry[0] if isinstance(entry, (list, tuple)) else entry
-    if isinstance(item, dict):  # Gradio 3: {"name": ...}; Gradio 4 (Forge Neo): {"image": {"path": ...}, ...}
-        item = item["image"]["path"] if "image" in item else item["name"]
+    if isinstance(item, dict):  # Gradio 3: {"name": ...}; Gradio 4 (Forge Neo): {"image": {"path": ...}} or {"path"}
+        item = item["image"]["path"] if "image" in item else item.get("path") or item["name"]
     return item.split("?")[0]
 
 
