@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import os
 import subprocess
 import sys
@@ -262,13 +261,9 @@ def pictures(request, webui, tmp_path_factory):
     selected = {item.callspec.params["name"] for item in request.session.items
                 if Path(str(item.fspath)) == Path(__file__) and hasattr(item, "callspec")}
     webui.use_checkpoint(SDXL)
-    # Swap counts: ComfyUI's merge keeps A's weights as its backup and B's model beside the patched one, idle
-    # while it samples.
-    swap = meminfo_gb("SwapTotal")
-    memory = meminfo_gb("MemTotal") + (0.0 if math.isnan(swap) else swap)
-    merge_problem = (f"a merge in ComfyUI (float32) needs about {MERGE_MEMORY_GB:g} GB of memory and swap, this "
-                     f"machine has {memory:.1f} (UNCOND_LAB_COMFY_MERGE_GB sets the bound)"
-                     ) if memory < MERGE_MEMORY_GB else None
+    memory = meminfo_gb("MemTotal")
+    merge_problem = (f"a merge in ComfyUI (float32) needs about {MERGE_MEMORY_GB:g} GB of memory, this machine has "
+                     f"{memory:.1f} (UNCOND_LAB_COMFY_MERGE_GB sets the bound)") if memory < MERGE_MEMORY_GB else None
     for name in selected:
         if CASES[name].merge and merge_problem:
             result.skipped[name] = merge_problem
