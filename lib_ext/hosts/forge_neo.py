@@ -138,7 +138,7 @@ def load_checkpoint(info, forced: bool = False):
 def selected_model():
     """The model the next generation uses. Neo loads the checkpoint its setting names only when a generation
     starts (processing.manage_model_and_prompt_cache → forge_model_reload), so a route outside a generation (the
-    probe, Save this merge) loads it the same way first; None when no checkpoint can be loaded."""
+    probe, Save this merge) loads it the same way first; when none can be loaded, whatever is loaded (or None)."""
     try:
         return sd_models.forge_model_reload()[0]
     except ValueError:  # "Failed to find available model..."
