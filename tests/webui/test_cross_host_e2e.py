@@ -24,6 +24,7 @@ import pytest
 
 from tests.webui.client import max_pixel_difference
 from tests.webui.conftest import SD15, SDXL, sdxl_model
+from tests.webui.test_merge_e2e import title_of
 
 MERGE_PARTNER = {"sd15": "uncondlab-tiny-sd15-b", "sdxl": sdxl_model("b")}
 CASES = {  # name -> (Uncond Lab settings, other parameters); "{b}" is the merge partner's title
@@ -90,10 +91,6 @@ def neo_zero_neg(webui, value: bool):
         yield
     finally:
         webui.post("/sdapi/v1/options", {"sdxl_zero_neg": before})
-
-
-def title_of(webui, stem: str) -> str:
-    return next(t for t in webui.checkpoint_titles() if t.startswith(stem + "."))
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
