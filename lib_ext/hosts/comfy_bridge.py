@@ -74,7 +74,7 @@ def _with_this_webuis_settings(payload: dict) -> dict:
     override = dict(payload.get("override_settings") or {})
     for key in READ_OPTIONS:
         if key not in override and key in opts.data_labels:
-            override[key] = opts.data.get(key, opts.get_default(key))
+            override[key] = getattr(opts, key)  # its value, or its default when never set
     return {**payload, "override_settings": override}
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import html
-import importlib
 import io
 import os
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 import gradio as gr
+from gradio import context as gradio_context
 from modules import call_queue, images, processing, scripts, sd_models, sd_samplers, sd_vae, shared
 
 from lib_ext.hosts import common, host
@@ -116,8 +116,7 @@ def _outside_event_listener():
     """Gradio 4 (Forge Neo) skips a component's __init__ inside an event handler (component_meta.updateable: there
     a constructor is an update), and the tab's buttons build the scripts' controls to read their defaults. Gradio
     3 has no such context: nothing to do."""
-    context = getattr(importlib.import_module("gradio.context"), "LocalContext", None)
-    flag = getattr(context, "in_event_listener", None)
+    flag = getattr(getattr(gradio_context, "LocalContext", None), "in_event_listener", None)
     if flag is None:
         yield
         return
