@@ -216,7 +216,8 @@ def recipe_for(paths, method="weighted_sum", **kw) -> MergeRecipe:
 
 
 def reference_merge(paths, method, key_ratio) -> dict[str, torch.Tensor]:
-    """Key by key, as A1111's merger computes in the live dtype: lerp(A, B, r) / A + r·(B − C); endpoints copies."""
+    """Key by key, as A1111's merger computes in the live dtype: lerp(A, B, r) / A + r·(B − C) (D rounded to the
+    live dtype, the sum in float32 and rounded once: ops.add_difference_into); endpoints copies."""
     a, b, c = live_copy(paths["A"]), live_copy(paths["B"]), live_copy(paths["C"])
     out = {}
     for key, value in a.items():
@@ -226,7 +227,8 @@ def reference_merge(paths, method, key_ratio) -> dict[str, torch.Tensor]:
         elif method == "weighted_sum":
             out[key] = b[key].clone() if r == 1.0 else torch.lerp(value, b[key], r)
         else:
-            out[key] = torch.add(value, (b[key].float() - c[key].float()).to(value.dtype), alpha=r)
+            difference = (b[key].float() - c[key].float()).to(value.dtype)
+            out[key] = torch.add(value.float(), difference.float(), alpha=r).to(value.dtype)
     return out
 
 

@@ -36,6 +36,27 @@ def test_add_difference_closed_form_and_zero():
     assert bits_equal(out, A)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_add_difference_does_not_depend_on_how_it_is_cut(dtype):
+    """torch.add(alpha=) rounds half-precision elements differently in its SIMD body and scalar tail: a merge over
+    the whole tensor, over pieces (mapped passes, FilePatch) or over row chunks (Save) must still agree."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a, d = (torch.randn(300_007, generator=generator).to(dtype) for _ in range(2))
+        whole, cut = torch.empty_like(a), a.clone()
+        add_difference_into(whole, a, d, 0.3)
+        for start in range(0, a.numel(), 777):
+            piece = slice(start, start + 777)
+            add_difference_into(cut[piece], cut[piece], d[piece], 0.3)  # in place, as the hosts write
+        assert bits_equal(whole, cut)
+        assert bits_equal(whole, torch.add(a.float(), d.float(), alpha=0.3).to(dtype))  # float32, rounded once
+        assert not bits_equal(whole, a)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_out_may_alias_a():
     a = A.float()
     weighted_sum_into(a, a, B.float(), 0.5)

@@ -12,9 +12,9 @@ import torch
 
 from lib_ext.merge.recipe import WEIGHTED_SUM
 
-# Mapped passes cast and merge at most this many elements of a tensor at a time, through reused buffers. A power
-# of two, so that every piece but the last is a whole number of SIMD vectors: elementwise kernels then give each
-# element the bits they give it in one call over the whole tensor.
+# Mapped passes cast and merge at most this many elements of a tensor at a time, through reused buffers. The
+# merge arithmetic gives each element the same bits however a tensor is cut (torch.lerp and float32 arithmetic do;
+# half-precision add difference goes through float32 for it, _add_scaled_in_float32).
 CHUNK_ELEMENTS = 1 << 22
 
 _BIT_VIEWS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -35,8 +35,33 @@ def add_difference_into(out: torch.Tensor, a: torch.Tensor, difference: torch.Te
     wider than A (float32) and `out` may be `a`."""
     if ratio == 0.0:
         out.copy_(a)
+    elif out.dtype in _HALF_DTYPES:
+        _add_scaled_in_float32(out, a, difference, ratio)
     else:
         torch.add(a, difference, alpha=ratio, out=out)
+
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+_FLOAT32_PIECE = 1 << 20  # elements per float32 step of _add_scaled_in_float32 (a 4 MiB buffer)
+
+
+def _add_scaled_in_float32(out: torch.Tensor, a: torch.Tensor, difference: torch.Tensor, ratio: float) -> None:
+    """A + r·D for a float16/bfloat16 `out`, the same bits however the tensor is cut. torch.add(alpha=r) in half
+    precision rounds an element differently in its SIMD body and its scalar tail (CPU), so its bits depend on the
+    call's length and thread split (measured: whole tensor vs pieces differ in ~0.2 % of the elements with 3 or
+    more threads), and a sweep's resident and mapped passes, FilePatch and "Save this merge" would disagree. In
+    float32 both paths agree: A + r·D is computed there, as the float32 merge computes it, and rounded once."""
+    if not out.is_contiguous():  # rare: one float32 copy of the whole tensor
+        out.copy_(torch.add(a.to(torch.float32), difference.to(torch.float32), alpha=ratio))
+        return
+    flat_out, flat_a, flat_d = out.view(-1), a.reshape(-1), difference.reshape(-1)
+    size = min(flat_out.numel(), _FLOAT32_PIECE)
+    a32, d32 = (torch.empty(size, dtype=torch.float32, device=out.device) for _ in range(2))
+    for start in range(0, flat_out.numel(), _FLOAT32_PIECE):
+        stop = min(start + _FLOAT32_PIECE, flat_out.numel())
+        piece_a, piece_d = a32[:stop - start].copy_(flat_a[start:stop]), d32[:stop - start].copy_(flat_d[start:stop])
+        torch.add(piece_a, piece_d, alpha=ratio, out=piece_a)
+        flat_out[start:stop].copy_(piece_a)
 
 
 def bits_equal(x: torch.Tensor, y: torch.Tensor) -> bool:
