@@ -128,6 +128,42 @@ def test_in_place_merge_equals_saved_merge(paths):
             assert_bits_equal(model[key], saved[key], key)
 
 
+@pytest.mark.parametrize("method", ["weighted_sum", "add_difference"])
+def test_save_as_loaded_is_the_in_memory_merge_of_a_float16_unet(tmp_path, method):
+    """"Save this merge" of float32 files for a model loaded with a float16 UNet and float32 text encoders (Forge
+    Neo, reForge --unet-in-fp16): each part merged and written as the in-memory merge holds it, on A1111
+    (InPlaceMerge) and on the Forge hosts (FilePatch), bit for bit; merging in float32 and rounding once does not
+    give those bits."""
+    from lib_ext.merge.patches import PatchMerge
+    files = {name: write_checkpoint(tmp_path / f"{name}.safetensors", sd1_checkpoint(seed, torch.float32))
+             for name, seed in (("a", 10), ("b", 11), ("c", 12))}
+    recipe = MergeRecipe(method, files["a"], files["b"], files["c"] if method == "add_difference" else None,
+                         unet_ratio=0.3, te_ratio=0.6)
+    live_dtypes = {"unet": torch.float16, "te": torch.float32}
+    a = load_file(files["a"])
+    loaded = {k: v.to(live_dtypes[classify_key(k)]) for k, v in a.items() if classify_key(k) in live_dtypes
+              and v.is_floating_point()}
+    (tmp_path / "out").mkdir()
+    saved = load_file(save_merge(recipe, tmp_path / "out", name="merged", live_dtypes=live_dtypes, chunk_elements=64))
+    in_place = {k: v.clone() for k, v in loaded.items()}
+    with InPlaceMerge(recipe, in_place) as merge:  # its exit puts A back
+        merge.apply(0.3, 0.6)
+        for key in loaded:
+            assert_bits_equal(in_place[key], saved[key], key)
+    patches = PatchMerge(recipe)
+    try:
+        for group, ratio in (("unet", 0.3), ("te", 0.6)):
+            for key, patch in patches.file_patches(group, {k: v.dtype for k, v in loaded.items()}).items():
+                working = loaded[key].to(torch.float32)  # the Forge patcher's float32 working copy
+                assert_bits_equal(patch.merge_into(working, ratio).to(loaded[key].dtype), saved[key], key)
+    finally:
+        patches.close()
+    rounded_once = merged_state_dict(recipe, output_dtype=torch.float16)
+    assert any(not torch.equal(rounded_once[key], saved[key]) for key in loaded if classify_key(key) == "unet")
+    assert {saved[k].dtype for k in loaded if classify_key(k) == "te"} == {torch.float32}
+    assert saved.keys() == a.keys()
+
+
 def test_endpoints_are_the_inputs(paths):
     paths["out"].mkdir()
     zero = load_file(save_merge(MergeRecipe("weighted_sum", paths["a"], paths["b"], unet_ratio=0.0), paths["out"]))

@@ -16,6 +16,7 @@ from lib_ext.hosts.conditioner import is_dict_cond_model, text_pooled_width  # n
 from lib_ext.hosts.webui_state import drop_cached_conds
 from lib_ext.merge import MergeTargetError
 from lib_ext.merge import live as merge_live
+from lib_ext.merge.keys import MERGEABLE_GROUPS
 from lib_ext.merge.session import SOURCES_AUTO, MergeSessions, placement_for
 from lib_ext.probe import flow_noising, ve_noising
 from lib_ext.uncond import discrete_percent_to_sigma
@@ -256,6 +257,13 @@ class _ModelHost:
             return False
         load_checkpoint(info, forced=True)
         return True
+
+
+def merge_live_dtypes(sd_model) -> dict:
+    """{merge group: the dtype its weights are loaded in}: what the in-memory merge computes each group in."""
+    by_group = merge_live.modules_by_group(sd_model, MERGEABLE_GROUPS)
+    dtypes = {group: merge_live.loaded_dtype(modules) for group, modules in by_group.items()}
+    return {group: dtype for group, dtype in dtypes.items() if dtype is not None}
 
 
 def sync_merge(p, resolved) -> None:

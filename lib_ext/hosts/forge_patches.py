@@ -27,6 +27,7 @@ import torch
 
 from lib_ext.hosts.webui_state import drop_cached_conds
 from lib_ext.merge import MergeTargetError
+from lib_ext.merge.live import loaded_dtype
 from lib_ext.merge.patches import PatchMerge, with_wrapped_aliases
 
 UNET_PREFIX, UNET_PATCH_PREFIX, VAE_PREFIX = "model.diffusion_model.", "diffusion_model.", "first_stage_model."
@@ -231,6 +232,19 @@ class ForgePatchMerge:
         _log(f"Uncond Lab: merge blocks {', '.join(changed) or 'none'} rewritten in place in "
              f"{time.perf_counter() - start:.2f} s ({count} weights, {nbytes / 1e6:.1f} MB written; {self.webui} "
              "keeps the rest of the UNet as patched)")
+
+    @staticmethod
+    def live_dtypes(sd_model) -> dict:
+        """{merge group: the dtype its weights are loaded in}, read where the patches read it (the patcher's
+        model): what the in-memory merge computes each group in."""
+        objects, dtypes = getattr(sd_model, "forge_objects", None), {}
+        for name, group in GROUP_OF_PART.items():
+            part = getattr(objects, name, None)
+            model = getattr(getattr(part, "patcher", part), "model", None)
+            dtype = loaded_dtype([model]) if model is not None else None
+            if dtype is not None:
+                dtypes[group] = dtype
+        return dtypes
 
     @staticmethod
     def _reset_objects(sd_model) -> None:

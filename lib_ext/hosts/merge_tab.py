@@ -25,7 +25,6 @@ from modules import call_queue, images, processing, scripts, sd_models, sd_sampl
 from lib_ext.hosts import common, host
 from lib_ext.hosts.webui_state import webui_job
 from lib_ext.merge import MergeRecipe, save_merge
-from lib_ext.merge.inplace import compute_dtype_for
 from lib_ext.merge.recipe import METHOD_LABELS, parse_method
 from lib_ext.settings import Settings, SettingsError
 from lib_ext.merge.sweep import SweepError, plan_sweep, uncond_label
@@ -252,8 +251,8 @@ def checkpoints_folder() -> str:
 
 def save_this_merge(request: SweepRequest, ratio: float, name: str = "", blocks: str | None = None) -> dict:
     """Write the merge at `ratio` (and per-block `blocks`) into the checkpoints folder (never over a file) and list
-    it, no restart. Saved in the loaded model's dtype, so that loading it gives the picture the in-memory merge
-    gives."""
+    it, no restart. Merged and saved as the in-memory merge holds it in the loaded model (each part in its loaded
+    dtype), so that loading it gives the picture the in-memory merge gives."""
     merge = _merge_settings(request, ratio, blocks)
     if not merge["merge_model"]:
         raise SweepRequestError("Uncond Lab: pick a merge partner B")
@@ -279,7 +278,8 @@ def save_this_merge(request: SweepRequest, ratio: float, name: str = "", blocks:
         state.textinfo = f"Saving the merge: {done / 2**30:.2f} of {total / 2**30:.2f} GiB"
 
     state.job_count = 1
-    path = save_merge(recipe, checkpoints_folder(), name=name or None, output_dtype=_live_dtype(),
+    path = save_merge(recipe, checkpoints_folder(), name=name or None,
+                      live_dtypes=host.merge_live_dtypes(loaded) if loaded is not None else None,
                       sha256={role: getattr(info, "sha256", None) for role, info in infos.items()},
                       progress=progress)
     _copy_config_sidecar(info_a.filename, str(path))
@@ -295,16 +295,6 @@ def _copy_config_sidecar(model_a: str, merged: str) -> None:
     source, target = os.path.splitext(model_a)[0] + ".yaml", os.path.splitext(merged)[0] + ".yaml"
     if os.path.isfile(source) and not os.path.lexists(target):
         shutil.copyfile(source, target)
-
-
-def _live_dtype():
-    """The dtype of the loaded UNet (float8 storage: float16), or None (keep A's) when there is no model."""
-    model = shared.sd_model
-    try:
-        parameter = next(model.model.diffusion_model.parameters())
-    except (AttributeError, StopIteration, TypeError):
-        return None
-    return compute_dtype_for(parameter.dtype)
 
 
 # --- the tab ------------------------------------------------------------------------------------------------

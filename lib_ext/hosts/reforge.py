@@ -303,3 +303,4 @@ MERGE = ForgePatchMerge(WEBUI_NAME, WeightAdapterBase, get_key_weight,
 sync_merge, merge_batch, merge_sampling, merge_done = (MERGE.sync_merge, MERGE.merge_batch, MERGE.merge_sampling,
                                                        MERGE.merge_done)
 release_merge, merge_model_loaded, merge_status = MERGE.release_merge, MERGE.merge_model_loaded, MERGE.merge_status
+merge_live_dtypes = MERGE.live_dtypes

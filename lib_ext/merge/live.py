@@ -61,6 +61,15 @@ def live_tensors(root: torch.nn.Module, keys: Container[str]) -> dict[str, LiveT
     return {k: LiveTensor(t.tensor, t.owner, t.attribute, parents.get(id(t.owner))) for k, t in found.items()}
 
 
+def loaded_dtype(modules: Iterable[torch.nn.Module]) -> torch.dtype | None:
+    """The dtype a part's weights are loaded in: its first floating parameter's; None where it has none."""
+    for module in modules:
+        for parameter in module.parameters():
+            if parameter.is_floating_point():
+                return parameter.dtype
+    return None
+
+
 def modules_by_group(root: torch.nn.Module, groups: Iterable[str]) -> dict[str, list[torch.nn.Module]]:
     """The modules under the UNet, text encoders and VAE (each module once, under its first checkpoint name)."""
     wanted = set(groups)
