@@ -6,12 +6,12 @@ lib_ext/comfy translates it, both ways, at most 1 level of 255 apart.
 (b) a ComfyUI graph built as a ComfyUI user would → import_graph → the WebUI's picture of the payload, vs
     ComfyUI's picture of the graph.
 
-On the SDXL base-size test checkpoints (UNCOND_LAB_SDXL=base: the only SDXL files ComfyUI recognises), seed 1234,
+On the SDXL test checkpoints ComfyUI recognises (Vega-size, its Segmind_Vega, or base-size), seed 1234,
 64×64, 4 steps, Euler, CFG 7, the normal schedule. Skipped unless COMFYUI_DIR (a ComfyUI v0.8.0 checkout) and
 COMFYUI_PYTHON (its environment's python) are set, UNCOND_LAB_MODELS_DIR holds the test checkpoints (ComfyUI reads
 them there) and a WebUI is named as tests/webui/conftest.py expects. ComfyUI runs without its server, on the CPU in
-float32 (tests/comfy/run_comfy_graph.py), after the WebUI has made all its pictures and switched to the small SD1.5
-checkpoint, so that the two never hold an SDXL model at once. The table of differences is printed at the end and
+float32 (tests/comfy/run_comfy_graph.py), after the WebUI has made all its pictures and has been stopped (or, a
+running one, unloaded its model), so that the two never hold an SDXL model at once. The table of differences is printed at the end and
 written to $UNCOND_LAB_COMFY_OUT/table.md with the pictures when that is set. See tests/comfy/README.md.
 """
 from __future__ import annotations
@@ -34,17 +34,18 @@ from tests.webui.conftest import SD15, SDXL, SDXL_SIZE, sdxl_model
 RUNNER = Path(__file__).resolve().with_name("run_comfy_graph.py")
 COMFYUI_DIR, COMFYUI_PYTHON = os.environ.get("COMFYUI_DIR"), os.environ.get("COMFYUI_PYTHON")
 MODELS_DIR = os.environ.get("UNCOND_LAB_MODELS_DIR")
-# ComfyUI holds the SDXL base-size model in float32 (13.2 GB loaded; 21 GB peak resident with the file's mapped
-# pages). A merge loads -b beside it and patches every UNet weight while keeping the originals (about 36 GB).
-MERGE_MEMORY_GB = float(os.environ.get("UNCOND_LAB_COMFY_MERGE_GB") or 40)
+# ComfyUI holds a whole SDXL checkpoint in float32 (base-size 13.2 GB loaded, 21 GB peak resident with the file's
+# mapped pages; Vega-size 6.6 GB). A merge loads -b beside -a and patches every UNet weight while keeping the
+# originals: about 36 GB for the base-size pair, and what tests/comfy/README.md measured for the Vega-size one.
+MERGE_MEMORY_GB = float(os.environ.get("UNCOND_LAB_COMFY_MERGE_GB") or {"base": 40, "vega": 20}.get(SDXL_SIZE, 40))
 TOLERANCE = 1  # levels of 255: what the WebUI and ComfyUI's float32 CPU arithmetic leave (lib_ext/comfy_sampling.py)
 
 pytestmark = [
     pytest.mark.skipif(not (COMFYUI_DIR and COMFYUI_PYTHON),
                        reason="set COMFYUI_DIR and COMFYUI_PYTHON (a ComfyUI v0.8.0 checkout and its python)"),
     pytest.mark.skipif(not MODELS_DIR, reason="set UNCOND_LAB_MODELS_DIR: ComfyUI reads the test checkpoints there"),
-    pytest.mark.skipif(SDXL_SIZE != "base", reason="ComfyUI recognises only the base-size SDXL test files: set "
-                                                   "UNCOND_LAB_SDXL=base"),
+    pytest.mark.skipif(SDXL_SIZE not in ("vega", "base"), reason="ComfyUI recognises the Vega-size and base-size "
+                                                                 "SDXL test files, not the small ones"),
 ]
 
 A_FILE, B_FILE = sdxl_model("a") + ".safetensors", sdxl_model("b") + ".safetensors"
@@ -243,14 +244,14 @@ def table(pictures: Pictures, kind: str) -> str:
             else:
                 cells.append("no picture")
         rows.append(f"| {name} | {cells[0]} | {cells[1]} |")
-    return (f"Largest pixel difference (levels of 255), {kind} vs ComfyUI v0.8.0 (CPU, float32), SDXL base-size "
+    return (f"Largest pixel difference (levels of 255), {kind} vs ComfyUI v0.8.0 (CPU, float32), SDXL {SDXL_SIZE}-size "
             f"test checkpoints, 64×64, 4 steps, Euler, CFG 7, seed 1234\n\n" + "\n".join(rows) + "\n")
 
 
 @pytest.fixture(scope="module")
 def pictures(request, webui, tmp_path_factory):
-    """The selected cases' pictures, the WebUI's first (SDXL loaded), then ComfyUI's (the WebUI on its small SD1.5
-    model)."""
+    """The selected cases' pictures, the WebUI's first (SDXL loaded), then ComfyUI's (the WebUI stopped, or with
+    no model loaded)."""
     if not (Path(MODELS_DIR) / A_FILE).is_file() or not (Path(MODELS_DIR) / B_FILE).is_file():
         pytest.skip(f"{A_FILE} and {B_FILE} are not in UNCOND_LAB_MODELS_DIR ({MODELS_DIR})")
     out = Path(os.environ["UNCOND_LAB_COMFY_OUT"]) if os.environ.get("UNCOND_LAB_COMFY_OUT") else \
@@ -290,10 +291,14 @@ def pictures(request, webui, tmp_path_factory):
             result.webui[(name, direction)] = made[key]
             graphs[f"{FILE_NAMES[name]}-{direction}"] = graph
     result.timings["webui"] = time.perf_counter() - started
-    # The WebUI lets go of its SDXL model before ComfyUI loads one: switching to the small SD1.5 file was not
-    # enough on 24 GB (ComfyUI was killed for memory), so the model is unloaded and loaded again afterwards.
-    webui.use_checkpoint(SD15)
-    webui.post("/sdapi/v1/unload-checkpoint", {})
+    # The WebUI lets go of its memory before ComfyUI loads a model: a WebUI this session started is stopped (even
+    # with its model unloaded it holds about 6 GB, and ComfyUI's merges of the Vega-size pair peak at 21.7 GB
+    # resident); a running one switches to the small SD1.5 file and unloads it.
+    if webui.stop is not None:
+        webui.stop()
+    else:
+        webui.use_checkpoint(SD15)
+        webui.post("/sdapi/v1/unload-checkpoint", {})
     if any(CASES[name].vae_file for name in selected if name not in result.skipped):
         write_vae_file(comfy_vae)
     started, available = time.perf_counter(), meminfo_gb("MemAvailable")
@@ -323,7 +328,10 @@ def compare(pictures: Pictures, name: str, direction: str) -> None:
         pytest.skip(pictures.skipped[name])
     key = (name, direction)
     if key not in pictures.comfyui:
-        pytest.fail(f"ComfyUI made no picture for {name} ({direction}): {pictures.comfy_error}")
+        killed = (pictures.comfy_error or {}).get("returncode") == -9
+        pytest.fail(f"ComfyUI made no picture for {name} ({direction})"
+                    + (": it was killed, for memory most likely (see tests/comfy/README.md, Memory and time)"
+                       if killed else f": {pictures.comfy_error}"))
     difference = max_pixel_difference(pictures.webui[key], pictures.comfyui[key])
     assert difference <= TOLERANCE, f"{name} ({direction}): {difference} levels apart"
 

@@ -89,6 +89,7 @@ class WebUI:
     def __init__(self, url: str, kind: str):
         self.url = url.rstrip("/")
         self.kind = kind  # "a1111", "reforge" or "forge_neo"
+        self.stop = None  # set where the test session started the WebUI: stops it before the session ends
 
     @property
     def name(self) -> str:

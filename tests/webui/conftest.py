@@ -214,6 +214,8 @@ def _detect_kind(webui: WebUI) -> str:
 
 
 def _stop_webui(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return  # already stopped (webui.stop)
     os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=30)
@@ -232,6 +234,7 @@ def webui(request, tmp_path_factory):
         webui.log_path = Path(os.environ["UNCOND_LAB_WEBUI_LOG"]) if os.environ.get("UNCOND_LAB_WEBUI_LOG") else None
     elif webui_dir:
         webui, process = _start_webui(Path(webui_dir).resolve(), tmp_path_factory.mktemp("webui-data"), sdxl)
+        webui.stop = lambda: _stop_webui(process)  # tests/comfy frees the WebUI's memory for ComfyUI's merges
     else:
         pytest.skip("no WebUI named: set UNCOND_LAB_WEBUI_URL or WEBUI_DIR (see tests/webui/conftest.py)")
     # No live previews: they cost time and reForge would try to download their model.
