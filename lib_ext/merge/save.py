@@ -1,16 +1,15 @@
 """'Save this merge': a merged .safetensors written key by key, in bounded memory, never over another file.
 
-Each tensor is read from the inputs a range of rows at a time (`chunk_elements`, default 4 Mi elements),
-merged in float32, cast to the output dtype and written; nothing of one chunk outlives it. Given the loaded
-model's dtypes (`live_dtypes`, "Save this merge"), a group is instead merged as the in-memory merge merges it: A and
-B cast to that dtype first, then combined in it (ops.merge_operand), and written in it, so that loading the file
-gives the in-memory merge's picture bit for bit on a float16 UNet too (float32 arithmetic rounded once differs from
-it in the last bit of some weights). Peak extra memory,
-whatever the model size: the chunks as read, their float32 copies and the output chunk, about 28 bytes per
-chunk element = 112 MiB at the default chunk. Measured as anonymous RSS above an import-only baseline, merging
-two 1 GiB files (four 256 MiB tensors): 106 MiB (weighted sum, fp16) and 112 MiB (add difference, three
-fp32 inputs) at 4 Mi elements, 22 and 28 MiB at 1 Mi. The OS page cache of the memory-mapped inputs is not
-counted (it is reclaimable).
+Each tensor is read from the inputs a range of rows at a time (`chunk_elements`, default 4 Mi elements), merged in
+float32, cast to the output dtype and written; nothing of one chunk outlives it. Given the loaded model's dtypes
+(`live_dtypes`, "Save this merge"), a group is instead merged as the in-memory merge merges it: A and B cast to
+that dtype first, then combined in it (ops.merge_operand), and written in it, so that loading the file gives the
+in-memory merge's picture bit for bit on a float16 UNet too (float32 arithmetic rounded once differs from it in the
+last bit of some weights). Peak extra memory, whatever the model size: the chunks as read, their float32 copies and
+the output chunk, about 28 bytes per chunk element = 112 MiB at the default chunk. Measured as anonymous RSS above
+an import-only baseline, merging two 1 GiB files (four 256 MiB tensors): 106 MiB (weighted sum, fp16) and 112 MiB
+(add difference, three fp32 inputs) at 4 Mi elements, 22 and 28 MiB at 1 Mi. The OS page cache of the memory-mapped
+inputs is not counted (it is reclaimable).
 
 The output keeps all of A's keys: merged groups merged, everything else (other keys, the prediction-type
 marker keys, which plan_merge has checked are equal in all inputs, an unmerged VAE) copied from A.
