@@ -257,6 +257,54 @@ def test_merge_sweep_picture(page, webui):
     readme_picture(page.locator("#tab_uncond_lab_tab"), "merge_sweep")
 
 
+def test_comfyui_panel_exports_imports_and_sends_to_txt2img(page, webui, tmp_path):
+    """The tab's ComfyUI panel as a user drives it: an infotext → Export → the two graph files to download; the
+    API graph uploaded → Import → the WebUI parameters, Uncond Lab's included → Send to txt2img fills the form."""
+    import json
+    from urllib.parse import urljoin
+
+    open_uncond_lab_tab(page, "ComfyUI")
+    page.locator("#uncond_lab_comfy_source textarea").fill(PASTED + ", ComfyUI sampling: True")
+    page.locator("#uncond_lab_comfy_export").click()
+    rows = page.locator("#uncond_lab_comfy_downloads tr")  # Gradio's file list: a name and its download link
+    rows.filter(has_text="prompt.json").first.wait_for(timeout=60_000)
+    graphs = {}
+    for name in ("workflow.json", "prompt.json"):
+        href = rows.filter(has_text=name).first.locator("a").first.get_attribute("href")
+        response = page.request.get(urljoin(webui.url + "/", href))
+        assert response.ok, (name, href, response.status)
+        graphs[name] = response.json()
+    assert {node["type"] for node in graphs["workflow.json"]["nodes"]} >= {"KSampler", "CheckpointLoaderSimple"}
+    sampler = next(node["inputs"] for node in graphs["prompt.json"].values() if node["class_type"] == "KSampler")
+    assert (sampler["seed"], sampler["steps"], sampler["cfg"]) == (1234, 4, 7.0)
+    notes = page.locator("#uncond_lab_comfy_notes").first.inner_text()
+    assert "set the checkpoint in CheckpointLoaderSimple" in notes  # the infotext names no model: said, not guessed
+    assert "did not sample as ComfyUI does" not in notes  # ComfyUI sampling was on
+
+    upload = tmp_path / "prompt.json"
+    upload.write_text(json.dumps(graphs["prompt.json"]))
+    page.locator("#uncond_lab_comfy_upload input[type=file]").set_input_files(str(upload))
+    page.locator("#uncond_lab_comfy_upload", has_text="prompt.json").first.wait_for(timeout=60_000)
+    page.locator("#uncond_lab_comfy_import").click()
+    page.wait_for_function(
+        "() => document.querySelector('#uncond_lab_comfy_infotext textarea').value.includes('Seed: 1234')",
+        timeout=60_000)
+    imported = page.locator("#uncond_lab_comfy_infotext textarea").input_value()
+    assert imported.startswith("a lighthouse at dusk\n") and "Steps: 4" in imported
+    assert "Uncond zero weight: 0.7" in imported and "ComfyUI sampling: True" in imported, imported
+    screenshot(page, "comfy_panel")
+
+    page.locator("#uncond_lab_comfy_send").click()
+    page.wait_for_function(
+        "() => document.querySelector('#script_txt2img_uncond_lab_zero_weight input[type=number]').value == '0.7'",
+        timeout=30_000)
+    assert page.locator("#txt2img_prompt textarea").input_value() == "a lighthouse at dusk"
+    assert number_value(page, "txt2img_steps") == 4 and number_value(page, "txt2img_seed") == 1234
+    assert number_value(page, "script_txt2img_uncond_lab_start") == pytest.approx(0.1)
+    assert number_value(page, "script_txt2img_uncond_lab_end") == pytest.approx(0.9)
+    assert page.locator("#script_txt2img_uncond_lab_enabled-checkbox input").is_checked()
+
+
 def wait_for(condition, what: str, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while not condition():
