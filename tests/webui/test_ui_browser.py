@@ -266,11 +266,13 @@ def test_comfyui_panel_exports_imports_and_sends_to_txt2img(page, webui, tmp_pat
     open_uncond_lab_tab(page, "ComfyUI")
     page.locator("#uncond_lab_comfy_source textarea").fill(PASTED + ", ComfyUI sampling: True")
     page.locator("#uncond_lab_comfy_export").click()
-    rows = page.locator("#uncond_lab_comfy_downloads tr")  # Gradio's file list: a name and its download link
-    rows.filter(has_text="prompt.json").first.wait_for(timeout=60_000)
+    def link(name: str):  # Gradio's file list: each file's download link, named by its download attribute
+        return page.locator(f"#uncond_lab_comfy_downloads a[download='{name}']").first
+
+    link("prompt.json").wait_for(timeout=60_000)
     graphs = {}
     for name in ("workflow.json", "prompt.json"):
-        href = rows.filter(has_text=name).first.locator("a").first.get_attribute("href")
+        href = link(name).get_attribute("href")
         response = page.request.get(urljoin(webui.url + "/", href))
         assert response.ok, (name, href, response.status)
         graphs[name] = response.json()
