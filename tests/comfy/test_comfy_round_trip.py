@@ -11,8 +11,9 @@ On the SDXL test checkpoints ComfyUI recognises (Vega-size, its Segmind_Vega, or
 COMFYUI_PYTHON (its environment's python) are set, UNCOND_LAB_MODELS_DIR holds the test checkpoints (ComfyUI reads
 them there) and a WebUI is named as tests/webui/conftest.py expects. ComfyUI runs without its server, on the CPU in
 float32 (tests/comfy/run_comfy_graph.py), after the WebUI has made all its pictures and has been stopped (or, a
-running one, unloaded its model), so that the two never hold an SDXL model at once. The table of differences is printed at the end and
-written to $UNCOND_LAB_COMFY_OUT/table.md with the pictures when that is set. See tests/comfy/README.md.
+running one, unloaded its model), so that the two never hold an SDXL model at once. The table of differences is
+printed at the end and written to $UNCOND_LAB_COMFY_OUT/table.md with the pictures when that is set. See
+tests/comfy/README.md.
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ COMFYUI_DIR, COMFYUI_PYTHON = os.environ.get("COMFYUI_DIR"), os.environ.get("COM
 MODELS_DIR = os.environ.get("UNCOND_LAB_MODELS_DIR")
 # ComfyUI holds a whole SDXL checkpoint in float32 (base-size 13.2 GB loaded, 21 GB peak resident with the file's
 # mapped pages; Vega-size 6.6 GB). A merge loads -b beside -a and patches every UNet weight while keeping the
-# originals: about 36 GB for the base-size pair, and what tests/comfy/README.md measured for the Vega-size one.
-MERGE_MEMORY_GB = float(os.environ.get("UNCOND_LAB_COMFY_MERGE_GB") or {"base": 40, "vega": 20}.get(SDXL_SIZE, 40))
+# originals: 21.7 GB peak resident for the Vega-size pair (measured), about 36 GB for the base-size pair.
+MERGE_MEMORY_GB = float(os.environ.get("UNCOND_LAB_COMFY_MERGE_GB")
+                        or {"base": 40, "vega": 20}.get(SDXL_SIZE, 40))
 TOLERANCE = 1  # levels of 255: what the WebUI and ComfyUI's float32 CPU arithmetic leave (lib_ext/comfy_sampling.py)
 
 pytestmark = [
@@ -244,8 +246,9 @@ def table(pictures: Pictures, kind: str) -> str:
             else:
                 cells.append("no picture")
         rows.append(f"| {name} | {cells[0]} | {cells[1]} |")
-    return (f"Largest pixel difference (levels of 255), {kind} vs ComfyUI v0.8.0 (CPU, float32), SDXL {SDXL_SIZE}-size "
-            f"test checkpoints, 64×64, 4 steps, Euler, CFG 7, seed 1234\n\n" + "\n".join(rows) + "\n")
+    return (f"Largest pixel difference (levels of 255), {kind} vs ComfyUI v0.8.0 (CPU, float32), SDXL "
+            f"{SDXL_SIZE}-size test checkpoints, 64×64, 4 steps, Euler, CFG 7, seed 1234\n\n"
+            + "\n".join(rows) + "\n")
 
 
 @pytest.fixture(scope="module")
