@@ -197,9 +197,11 @@ def test_compare_grid_on_sdxl_picture(page, webui):
     fill_number(page, "script_txt2img_uncond_lab_start", 0)
     fill_number(page, "script_txt2img_uncond_lab_end", 1)
     page.locator("#script_txt2img_uncond_lab_compare input").check()
-    generate(page)
-    readme_picture(page.locator("#txt2img_gallery"), "compare_grid")
-    page.locator("#script_txt2img_uncond_lab_compare input").uncheck()
+    try:
+        generate(page)
+        readme_picture(page.locator("#txt2img_gallery"), "compare_grid")
+    finally:  # left on, every later generation of the page (an X/Y/Z cell too) would be a compare grid
+        page.locator("#script_txt2img_uncond_lab_compare input").uncheck()
 
 
 def test_xyz_plot_with_uncond_lab_axes_on_sdxl_picture(page, webui):
