@@ -164,6 +164,18 @@ def test_save_as_loaded_is_the_in_memory_merge_of_a_float16_unet(tmp_path, metho
     assert saved.keys() == a.keys()
 
 
+def test_save_for_a_float8_unet_is_written_in_float16_and_says_so(paths):
+    """float8 storage computes in float16 (inplace.compute_dtype_for): the file holds those float16 weights, and
+    A1111's recipe metadata calls it half."""
+    paths["out"].mkdir()
+    recipe = MergeRecipe("weighted_sum", paths["a"], paths["b"], unet_ratio=0.5)
+    path = save_merge(recipe, paths["out"], name="fp8", live_dtypes={"unet": torch.float8_e4m3fn})
+    unet_dtypes = {t.dtype for k, t in load_file(path).items() if classify_key(k) == "unet" and t.is_floating_point()}
+    assert unet_dtypes == {torch.float16}
+    with safe_open(path, "pt") as file:
+        assert json.loads(file.metadata()["sd_merge_recipe"])["save_as_half"] is True
+
+
 def test_endpoints_are_the_inputs(paths):
     paths["out"].mkdir()
     zero = load_file(save_merge(MergeRecipe("weighted_sum", paths["a"], paths["b"], unet_ratio=0.0), paths["out"]))

@@ -189,10 +189,17 @@ def output_specs(plan: MergePlan, output_dtype: torch.dtype | None = None,
     specs = []
     for key, spec in plan.specs.items():
         group = classify_key(key)
-        dtype = compute_dtype_for(live_dtypes[group]) if live_dtypes and group in live_dtypes else output_dtype
+        dtype = _written_dtype(group, output_dtype, live_dtypes)
         cast = dtype is not None and spec.dtype.is_floating_point and group in MERGEABLE_GROUPS
         specs.append(TensorSpec(key, dtype, spec.shape) if cast else spec)
     return specs
+
+
+def _written_dtype(group: str, output_dtype: torch.dtype | None,
+                   live_dtypes: Mapping[str, torch.dtype] | None) -> torch.dtype | None:
+    """What a group's floating weights are written in: the loaded model's dtype (float8 as float16), else
+    output_dtype (None: A's)."""
+    return compute_dtype_for(live_dtypes[group]) if live_dtypes and group in live_dtypes else output_dtype
 
 
 def _row_ranges(shape: tuple[int, ...], chunk_elements: int) -> list[tuple[int, int] | None]:
@@ -319,7 +326,7 @@ def save_merge(recipe: MergeRecipe, out_dir: str | os.PathLike, *, name: str | N
         plan = plan_merge(recipe, inputs)
         specs = output_specs(plan, output_dtype, live_dtypes)
         metadata = merge_metadata(recipe, inputs, free_checkpoint_path(folder, stem).stem, sha256,
-                                  (live_dtypes or {}).get(UNET, output_dtype))
+                                  _written_dtype(UNET, output_dtype, live_dtypes))
         total, done = sum(s.nbytes for s in specs), 0
 
         def advance(count: int) -> None:
