@@ -3,13 +3,13 @@
 Each tensor is read from the inputs a range of rows at a time (`chunk_elements`, default 4 Mi elements), merged in
 float32, cast to the output dtype and written; nothing of one chunk outlives it. Given the loaded model's dtypes
 (`live_dtypes`, "Save this merge"), a group is instead merged as the in-memory merge merges it: A and B cast to
-that dtype first, then combined in it (ops.merge_operand), and written in it, so that loading the file gives the
-in-memory merge's picture bit for bit on a float16 UNet too (float32 arithmetic rounded once differs from it in the
-last bit of some weights). Peak extra memory, whatever the model size: the chunks as read, their float32 copies and
-the output chunk, about 28 bytes per chunk element = 112 MiB at the default chunk. Measured as anonymous RSS above
-an import-only baseline, merging two 1 GiB files (four 256 MiB tensors): 106 MiB (weighted sum, fp16) and 112 MiB
-(add difference, three fp32 inputs) at 4 Mi elements, 22 and 28 MiB at 1 Mi. The OS page cache of the memory-mapped
-inputs is not counted (it is reclaimable).
+that dtype first, then combined in it (the operands of ops.merge_operand), and written in it, so that loading the
+file gives the in-memory merge's picture bit for bit on a float16 UNet too (float32 arithmetic rounded once differs
+from it in the last bit of some weights). Peak extra memory, whatever the model size: the chunks as read, their
+float32 copies and the output chunk, about 28 bytes per chunk element = 112 MiB at the default chunk. Measured as
+anonymous RSS above an import-only baseline, merging two 1 GiB files (four 256 MiB tensors): 106 MiB (weighted sum,
+fp16) and 112 MiB (add difference, three fp32 inputs) at 4 Mi elements, 22 and 28 MiB at 1 Mi. The OS page cache of
+the memory-mapped inputs is not counted (it is reclaimable).
 
 The output keeps all of A's keys: merged groups merged, everything else (other keys, the prediction-type
 marker keys, which plan_merge has checked are equal in all inputs, an unmerged VAE) copied from A.
@@ -36,7 +36,7 @@ import torch
 from lib_ext.merge.blocks import PRESETS, unet_slot
 from lib_ext.merge.inplace import compute_dtype_for
 from lib_ext.merge.keys import MERGEABLE_GROUPS, UNET, classify_key
-from lib_ext.merge.ops import add_difference_into, merge_operand, weighted_sum_into
+from lib_ext.merge.ops import add_difference_into, weighted_sum_into
 from lib_ext.merge.recipe import METHOD_LABELS, WEIGHTED_SUM, MergeRecipe
 from lib_ext.merge.safetensors_stream import write_safetensors
 from lib_ext.merge.sources import MergeInputs, MergePlan, TensorSource, TensorSpec, plan_merge
@@ -246,21 +246,18 @@ def _merged_rows(recipe: MergeRecipe, inputs: MergeInputs, spec: TensorSpec, row
     b = _read(inputs.b, spec.key, rows)
     if recipe.method == WEIGHTED_SUM and ratio == 1.0:
         return b.to(spec.dtype)
-    if as_loaded:  # A as the WebUI loaded it, combined as InPlaceMerge and FilePatch combine it
-        merged = a.to(spec.dtype, copy=True)
-        c = _read(inputs.c, spec.key, rows) if recipe.method != WEIGHTED_SUM else None
-        other = merge_operand(recipe.method, b, c, merged.device, spec.dtype)
-        (weighted_sum_into if recipe.method == WEIGHTED_SUM else add_difference_into)(merged, merged, other, ratio)
-        return merged
-    merged = a.to(torch.float32, copy=True)
+    # In float32, rounded once; or `as_loaded` as the in-memory merge computes in a model loaded in spec's dtype: A
+    # as loaded, B cast to it, D = B − C in float32 rounded to it (ops.merge_operand's operands).
+    dtype = spec.dtype if as_loaded else torch.float32
+    merged = a.to(dtype, copy=True)
     del a
     if recipe.method == WEIGHTED_SUM:
-        weighted_sum_into(merged, merged, b.to(torch.float32), ratio)
+        weighted_sum_into(merged, merged, b.to(dtype), ratio)
     else:
         difference = b.to(torch.float32, copy=True)
         del b
         difference.sub_(_read(inputs.c, spec.key, rows).to(torch.float32))
-        add_difference_into(merged, merged, difference, ratio)
+        add_difference_into(merged, merged, difference.to(dtype), ratio)
     return merged.to(spec.dtype)
 
 
